@@ -1,0 +1,127 @@
+"""int8 quantization rules (W8A8 dynamic and static) and the int64 dequant-scale encodings.
+
+* ``dynamic_quant_int8``: per-row symmetric, exactly the A2 ``npu_dynamic_quant`` kernel
+  (ops-nn ``quant/dynamic_quant/op_kernel``): ``inv = fp32(127 / amax)``,
+  ``q = clamp(rint(fp32(x * inv)), -127, 127)``, ``scale = fp32(amax * fp32(1/127))``.
+  All-zero rows: q = 0, scale = 0 (the hardware would produce 0 * inf = NaN; we define it).
+  Non-finite rows: q = 0 where the product is NaN; the scale carries the Inf/NaN.
+  The same rule quantizes weights per output channel (vllm-omni does this on the NPU).
+* ``static_quant_int8``: ``npu_quantize(div_mode=False)`` / AscendQuantV3:
+  ``v = fp32(fp32(x) * fp32(scale)) + fp32(offset)``, ``q = clamp(rint(v), -128, 127)``.
+* int64 ``deq_scale``: msModelSlim stores the fp32 bit pattern read as int32, sign-extended
+  (``deq_scale_to_int64``); ``npu_trans_quant_param`` keeps bits & 0xFFFFE000 and sets bit 46
+  (``trans_quant_param``); every NPU matmul reads low 32 bits & 0xFFFFE000 (``decode_deq_scale``).
+"""
+from __future__ import annotations
+
+import torch
+
+from .constants import FP19_MASK, INT8_MAX, INT8_MIN, INT8_QMAX, TRANS_QUANT_PARAM_FLAG_BIT
+
+__all__ = [
+    "dynamic_quant_int8", "quantize_weight_int8", "static_quant_int8", "dequantize_int8",
+    "fp19_truncate", "deq_scale_to_int64", "trans_quant_param", "decode_deq_scale", "int64_deq_scale_to_fp32",
+    "int8_matmul",
+]
+
+_INV_127 = torch.tensor(1.0 / INT8_QMAX, dtype=torch.float32)  # fp32(1/127)
+
+
+def dynamic_quant_int8(x: torch.Tensor, smooth: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., K) float -> (int8 (..., K), fp32 scale (...,))."""
+    xf = x.to(torch.float32)
+    if smooth is not None:
+        xf = xf * smooth.to(torch.float32)
+    a = xf.abs().amax(dim=-1)
+    zero = a == 0
+    inv = torch.where(zero, torch.zeros_like(a), torch.tensor(float(INT8_QMAX), dtype=torch.float32, device=a.device) / a)
+    p = xf * inv.unsqueeze(-1)
+    p = torch.where(torch.isnan(p), torch.zeros_like(p), p)
+    q = torch.round(p).clamp(-INT8_QMAX, INT8_QMAX).to(torch.int8)
+    scale = a * _INV_127.to(a.device)
+    return q, scale
+
+
+def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float weight -> int8 (N, K) and fp32 per-channel scale (N, 1); same rule as above."""
+    q, s = dynamic_quant_int8(w)
+    return q, s.unsqueeze(-1)
+
+
+def static_quant_int8(x: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """``npu_quantize(x, scale, offset, qint8, -1, div_mode=False)`` semantics.
+
+    ``scale`` multiplies (it is the reciprocal of the checkpoint's ``input_scale``); both
+    ``scale`` and ``offset`` broadcast over the last axis (size 1 or K).
+    """
+    v = x.to(torch.float32) * scale.to(torch.float32)
+    if offset is not None:
+        v = v + offset.to(torch.float32)
+    v = torch.where(torch.isnan(v), torch.zeros_like(v), v)
+    return torch.round(v).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``(q - offset) * scale`` in fp32 (msModelSlim's weight convention)."""
+    v = q.to(torch.float32)
+    if offset is not None:
+        v = v - offset.to(torch.float32)
+    return v * scale.to(torch.float32)
+
+
+def fp19_truncate(s: torch.Tensor) -> torch.Tensor:
+    """fp32 -> fp32 with the low 13 mantissa bits cleared (what the NPU matmul reads)."""
+    bits = s.to(torch.float32).contiguous().view(torch.int32)
+    return (bits & torch.tensor(FP19_MASK - (1 << 32), dtype=torch.int32)).view(torch.float32)
+
+
+def deq_scale_to_int64(s: torch.Tensor) -> torch.Tensor:
+    """msModelSlim's int64 form: the fp32 bit pattern as int32, widened (sign-extended)."""
+    return s.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+
+
+def trans_quant_param(scale: torch.Tensor, offset: torch.Tensor | None = None, round_mode: int = 0) -> torch.Tensor:
+    """``npu_trans_quant_param``: fp32 -> int64 with FP19 bits, bit 46 set, optional 9-bit offset.
+
+    ``round_mode=1`` rounds to 19 bits (unspecified upstream: we round half to even at bit 13).
+    """
+    bits = scale.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    if round_mode == 1:
+        low = bits & 0x1FFF
+        keep = bits & FP19_MASK
+        lsb = (keep >> 13) & 1
+        up = (low > 0x1000) | ((low == 0x1000) & (lsb == 1))
+        bits = (keep + (up.to(torch.int64) << 13)) & 0xFFFFFFFF
+    elif round_mode == 0:
+        bits = bits & FP19_MASK
+    else:
+        raise ValueError(f"round_mode must be 0 or 1, got {round_mode}")
+    out = bits | (1 << TRANS_QUANT_PARAM_FLAG_BIT)
+    if offset is not None:
+        o = torch.round(offset.to(torch.float32)).clamp(-256, 255).to(torch.int64) & 0x1FF
+        out = out | (o << 37)
+    return out
+
+
+def decode_deq_scale(v: torch.Tensor) -> torch.Tensor:
+    """What the NPU matmul uses from an int64 scale: low 32 bits & 0xFFFFE000 as fp32."""
+    low = (v.to(torch.int64) & FP19_MASK)
+    low = torch.where(low >= (1 << 31), low - (1 << 32), low).to(torch.int32)
+    return low.view(torch.float32)
+
+
+def int64_deq_scale_to_fp32(v: torch.Tensor) -> torch.Tensor:
+    """msModelSlim's int64 ``deq_scale`` -> its full fp32 value (no truncation)."""
+    low = v.to(torch.int64) & 0xFFFFFFFF
+    low = torch.where(low >= (1 << 31), low - (1 << 32), low).to(torch.int32)
+    return low.view(torch.float32)
+
+
+def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """Exact int32 ``a @ b_t.T`` for int8 a (..., K) and int8 b_t (N, K), on any device.
+
+    float64 products and sums of int8 values are exact below 2**53, so this is bit-exact int32
+    accumulation for every K a GEMM can have.
+    """
+    acc = torch.matmul(a.to(torch.float64), b_t.to(torch.float64).transpose(-1, -2))
+    return acc.to(torch.int32)

@@ -1,0 +1,20 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="omni_npu_quant",
+    version="0.1.0",
+    description="Ascend-NPU-first quantization backends for vLLM (int8 W8A8, MXFP8, MXFP4, dual-scale MXFP4)",
+    packages=find_packages(include=["omni_npu_quant", "omni_npu_quant.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "safetensors"],
+    extras_require={
+        "test": ["pytest", "hypothesis", "ml_dtypes", "matplotlib", "transformers"],
+        "vllm": ["vllm==0.33.0"],
+        "msmodelslim": ["msmodelslim==26.1.0", "transformers"],
+        "gpu": ["triton"],
+    },
+    entry_points={
+        "console_scripts": ["omni-npu-quant=omni_npu_quant.cli.main:main"],
+        "vllm.general_plugins": ["omni_npu_quant = omni_npu_quant.integrations.vllm.plugin:register"],
+    },
+)

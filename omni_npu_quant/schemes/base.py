@@ -1,0 +1,152 @@
+"""What a quantized linear stores, how it is validated and how a float weight is quantized.
+
+A *tensor set* is a ``dict[str, Tensor]`` keyed by msModelSlim AscendV1 suffixes (``weight``,
+``weight_scale``, ``weight_offset``, ``input_scale``, ``input_offset``, ``deq_scale``,
+``quant_bias``, ``weight_dual_scale``, ``mul_scale``, ``bias``).  Weights are (N, K) = (out, in).
+Schemes are kernel-free: the math of a forward pass lives in ``omni_npu_quant.numerics`` and
+the compute in ``omni_npu_quant.backends``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+
+__all__ = ["TensorSpec", "Scheme", "SchemeValidationError", "ACT_DTYPES"]
+
+ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+class SchemeValidationError(ValueError):
+    """A tensor set does not match its scheme; the message names the layer and tensor."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One stored tensor of a quantized linear.
+
+    ``dtypes``: accepted on-disk dtypes (the first is what we write).  ``shape``: for the layer's
+    (N, K).  ``input_dim`` / ``output_dim``: which axis is K (row-parallel shard) / N
+    (column-parallel shard), ``None`` when the axis does not exist; they drive vLLM's parameter
+    classes.  ``per_tensor``: one value per logical matrix (fused q/k/v get one each).
+    """
+
+    name: str
+    dtypes: tuple[torch.dtype, ...]
+    shape: tuple[int, ...]
+    input_dim: int | None = None
+    output_dim: int | None = None
+    optional: bool = False
+    per_tensor: bool = False
+    doc: str = ""
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass
+class Scheme:
+    """Base class.  Subclasses set ``name`` / ``label`` and implement the hooks."""
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # msModelSlim per-tensor label
+    weight_bits: ClassVar[int] = 16
+    # whether ``mul_scale`` is fused into the activation quantizer (fp32 multiply, no rounding);
+    # otherwise the input is multiplied first and rounded to the activation dtype.
+    smooth_fused: ClassVar[bool] = False
+
+    # ---- storage ----------------------------------------------------------------------
+    def tensor_specs(self, n: int, k: int, *, has_bias: bool = False) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def specs_for(self, tensors: dict[str, torch.Tensor], n: int, k: int) -> list[TensorSpec]:
+        """The specs that apply to this tensor set (per-group schemes read the group count)."""
+        return self.tensor_specs(n, k, has_bias="bias" in tensors)
+
+    def infer_shape(self, tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
+        """(N, K) from a tensor set (K of packed FP4 weights is 2x the stored columns)."""
+        w = tensors.get("weight")
+        if w is None or w.dim() != 2:
+            raise SchemeValidationError(f"{self.name}: a 2-D 'weight' is required")
+        return int(w.shape[0]), int(w.shape[1])
+
+    def validate(self, tensors: dict[str, torch.Tensor], *, n: int | None = None, k: int | None = None,
+                 where: str = "", allow_extra: bool = False) -> tuple[int, int]:
+        """Check names, dtypes and shapes; return (N, K).  Errors name ``where`` and the tensor."""
+        loc = f"{where}: " if where else ""
+        if n is None or k is None:
+            n0, k0 = self.infer_shape(tensors)
+            n = n if n is not None else n0
+            k = k if k is not None else k0
+        specs = {s.name: s for s in self.specs_for(tensors, n, k)}
+        for name, spec in specs.items():
+            t = tensors.get(name)
+            if t is None:
+                if not spec.optional:
+                    raise SchemeValidationError(
+                        f"{loc}missing tensor '{name}' required by scheme {self.name} ({self.label}); "
+                        f"expected {_fmt_dtypes(spec.dtypes)} {list(spec.shape)}")
+                continue
+            if t.dtype not in spec.dtypes:
+                raise SchemeValidationError(
+                    f"{loc}tensor '{name}' has dtype {t.dtype}, scheme {self.name} expects {_fmt_dtypes(spec.dtypes)}")
+            if not _shape_ok(tuple(t.shape), spec.shape):
+                raise SchemeValidationError(
+                    f"{loc}tensor '{name}' has shape {list(t.shape)}, scheme {self.name} expects {list(spec.shape)} "
+                    f"for a ({n}, {k}) weight")
+        extra = sorted(set(tensors) - set(specs))
+        if extra and not allow_extra:
+            raise SchemeValidationError(f"{loc}unexpected tensor(s) {extra} for scheme {self.name} ({self.label})")
+        self.check_values(tensors, n, k, loc)
+        return n, k
+
+    def check_values(self, tensors: dict[str, torch.Tensor], n: int, k: int, loc: str) -> None:
+        """Value-level checks (E8M0 code 255, non-finite scales, ...)."""
+        ms = tensors.get("mul_scale")
+        if ms is not None:
+            msf = ms.float()
+            if not bool(torch.isfinite(msf).all()) or not bool((msf > 0).all()):
+                raise SchemeValidationError(f"{loc}tensor 'mul_scale' must be finite and > 0 everywhere")
+
+    # ---- quantization -----------------------------------------------------------------
+    def quantize_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None, **calib) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def dequantize_weight(self, tensors: dict[str, torch.Tensor], k: int | None = None) -> torch.Tensor:
+        """fp32 (N, K) weight that the stored tensors represent (exact where the format is)."""
+        raise NotImplementedError
+
+    # ---- reference semantics ----------------------------------------------------------
+    def forward(self, x: torch.Tensor, tensors: dict[str, torch.Tensor], *, add_bias: bool = True) -> torch.Tensor:
+        """Linear forward through the exact reference backend."""
+        from ..backends.reference import ReferenceBackend
+
+        be = ReferenceBackend()
+        prepared = be.prepare(self, tensors, x.dtype)
+        return be.apply(prepared, x, add_bias=add_bias)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "label": self.label}
+
+
+def _fmt_dtypes(d: tuple[torch.dtype, ...]) -> str:
+    return " or ".join(str(x).replace("torch.", "") for x in d)
+
+
+def _shape_ok(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    # A (1,) tensor may be stored as a scalar () by some writers
+    if want == (1,) and got in ((), (1,)):
+        return True
+    return got == want
+
+
+def apply_mul_scale(x: torch.Tensor, mul_scale: torch.Tensor | None) -> torch.Tensor:
+    """Non-fused smoothing: ``x * mul_scale`` rounded to the activation dtype."""
+    if mul_scale is None:
+        return x
+    return (x.to(torch.float32) * mul_scale.to(torch.float32)).to(x.dtype)
+
+
+RegistryFn = Callable[[], Scheme]

@@ -1,0 +1,130 @@
+"""``omni-npu-quant quantize``: quantize a model online, print the plan, or write an AscendV1 checkpoint.
+
+Examples::
+
+    omni-npu-quant quantize --model tiny-llama --scheme mxfp4 --ignored-layers lm_head --plan
+    omni-npu-quant quantize --model tiny-dit --scheme mxfp4_dual --keep-first-blocks 1 --out ./dit-mxfp4-dual
+    omni-npu-quant quantize --model ./Llama-3-8B --scheme w8a8_dynamic --layer-scheme '*.down_proj=float' --out OUT
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+TINY = {"tiny-llama": "llama", "tiny-dit": "dit"}
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "fp32": "float32",
+          "float32": "float32"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="tiny-llama | tiny-dit | a transformers model directory")
+    p.add_argument("--scheme", default="mxfp4",
+                   help="default scheme name or msModelSlim label (w8a8_dynamic, w8a8_static, mxfp8, mxfp4, "
+                        "w4a8_mxfp, mxfp4_dual, W4A4_MXFP4, ...); 'float' quantizes only --layer-scheme layers")
+    p.add_argument("--ignored-layers", nargs="*", default=[], metavar="PATTERN",
+                   help="layers kept in float: exact name, dot-boundary prefix, glob (*.down_proj) or re:<regex>")
+    p.add_argument("--layer-scheme", action="append", default=[], metavar="PATTERN=SCHEME",
+                   help="per-layer scheme (repeatable); SCHEME may be 'float'")
+    p.add_argument("--keep-first-blocks", type=int, default=0, metavar="N",
+                   help="keep the first N numbered blocks (model.layers.0.. / blocks.0..) in float")
+    p.add_argument("--scheme-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the default scheme, e.g. act_round_mode=rint (VALUE parsed as JSON if possible)")
+    p.add_argument("--backend", default=None, help="backend name (reference, npu, npu-sim:A5, cuda); default: dispatcher")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="model dtype (default bf16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tiny models")
+    p.add_argument("--plan", action="store_true", help="print which scheme every linear gets and exit (dry run)")
+    p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
+    p.add_argument("--out", default=None, metavar="DIR", help="write an AscendV1 checkpoint to DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    p.add_argument("--part-file-size", type=float, default=0, help="shard size in GB for --out (0: one file)")
+
+
+def _parse_kv(items, what):
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SystemExit(f"error: {what} expects KEY=VALUE, got {it!r}")
+        k, v = it.rsplit("=", 1) if what == "--layer-scheme" else it.split("=", 1)
+        try:
+            v = json.loads(v)
+        except ValueError:
+            pass
+        out[k.strip()] = v
+    return out
+
+
+def load_model(spec: str, dtype, seed: int = 0):
+    """(model, model_dir or None, kind) for a tiny name or a transformers directory."""
+    import torch
+
+    if spec in TINY:
+        from ..models.tiny import build_tiny
+
+        return build_tiny(TINY[spec], seed=seed, dtype=dtype), None, TINY[spec]
+    from pathlib import Path
+
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise SystemExit(f"error: --model {spec!r}: not a built-in tiny model ({', '.join(TINY)}) and no "
+                         f"config.json in that directory")
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise SystemExit(f"error: --model {spec}: loading a transformers directory needs 'transformers' ({e})")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.eval().to(torch.device("cpu")), str(path), "hf"
+
+
+def run(args) -> int:
+    import torch
+
+    from ..integrations.selection import SelectionError
+    from ..integrations.torch import QuantConfig, format_plan, plan_quantization, quantize_, quantized_tensor_sets
+
+    dtype = getattr(torch, DTYPES[args.dtype])
+    try:
+        cfg = QuantConfig(scheme=args.scheme, ignored_layers=list(args.ignored_layers),
+                          layer_schemes=_parse_kv(args.layer_scheme, "--layer-scheme"), backend=args.backend,
+                          scheme_options=_parse_kv(args.scheme_option, "--scheme-option"),
+                          keep_first_blocks=args.keep_first_blocks)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    model, model_dir, kind = load_model(args.model, dtype, args.seed)
+    try:
+        plan = plan_quantization(model, cfg)
+    except (SelectionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.plan:
+        if args.json:
+            print(json.dumps([p.__dict__ for p in plan], indent=1))
+        else:
+            print(format_plan(plan))
+        return 0
+    calib = None
+    if kind in ("llama", "dit"):
+        from ..models.tiny import tiny_inputs
+
+        calib = tiny_inputs(kind, model=model, batch=2, seq=32, dtype=dtype)
+    try:
+        with torch.no_grad():
+            quantize_(model, cfg, calib_data=calib)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(plan))
+    if args.out:
+        from ..checkpoint import write_ascendv1
+
+        layers = quantized_tensor_sets(model)
+        qkeys = {f"{p}.{s}" for p in layers for s in ("weight", "bias")}
+        float_tensors = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in qkeys}
+        config = getattr(model, "config", None)
+        if config is not None and not isinstance(config, dict):
+            config = config.to_dict()
+        out = write_ascendv1(args.out, layers, float_tensors, config=config, part_file_size=args.part_file_size,
+                             copy_from=model_dir, overwrite=args.overwrite)
+        print(f"wrote {out} ({len(layers)} quantized layers, {len(float_tensors)} float tensors)")
+    return 0

@@ -1,0 +1,76 @@
+"""``omni-npu-quant env``: the detected device and the scheme x backend capability table.
+
+``--as A2|A3|A5|310P|sm80|sm89|sm90|sm100|sm120|cpu|npu-sim:A5`` prints the table of another device;
+``--all`` prints every device (the matrix in docs/hardware.md); ``--markdown`` prints Markdown.
+"""
+from __future__ import annotations
+
+import os
+
+from .. import platform as P
+
+__all__ = ["add_arguments", "run", "render_table", "render_matrix"]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--as", dest="as_device", metavar="DEVICE",
+                        help="show the table for this device family instead of this machine "
+                             f"({', '.join(P.DEVICE_FAMILIES)}, npu-sim:A2|A3|A5)")
+    parser.add_argument("--all", action="store_true", help="print the full scheme x device matrix")
+    parser.add_argument("--markdown", action="store_true", help="Markdown output (docs/hardware.md)")
+
+
+def render_table(family: str | None, markdown: bool = False) -> str:
+    rows = P.capability_rows(family) if family else [(s, P.capability_row(s, family)) for s in P.SCHEMES]
+    if markdown:
+        out = ["| scheme | backend | mode | how | verified |", "|---|---|---|---|---|"]
+        out += [f"| {s} | {r.backend} | {r.mode} | {r.reason} | {r.verified} |" for s, r in rows]
+        return "\n".join(out)
+    w = max(len(s) for s, _ in rows)
+    out = [f"{'scheme':<{w}}  {'backend':<9}  {'mode':<14}  reason  [verified]"]
+    out += [f"{s:<{w}}  {r.backend:<9}  {r.mode:<14}  {r.reason}  [{r.verified}]" for s, r in rows]
+    return "\n".join(out)
+
+
+def render_matrix() -> str:
+    """Markdown matrix: schemes x device families, cells = mode (backend)."""
+    short = {"native": "native", "exact fallback": "exact fallback", "unsupported": "unsupported"}
+    head = "| scheme | " + " | ".join(P.DEVICE_FAMILIES) + " |"
+    out = [head, "|---|" + "---|" * len(P.DEVICE_FAMILIES)]
+    for s in P.SCHEMES:
+        cells = [short[P.capability_row(s, f).mode] for f in P.DEVICE_FAMILIES]
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def run(args) -> int:
+    if args.all:
+        print(render_matrix())
+        for fam in P.DEVICE_FAMILIES:
+            print(f"\n### {fam}\n" if args.markdown else f"\n== {fam} ==")
+            print(render_table(fam, args.markdown))
+        return 0
+    if args.as_device:
+        dev = P.device_from_name(args.as_device)
+        print(f"device (as requested): {dev.label}")
+    else:
+        dev = P.detect_device()
+        print(f"device: {dev.label}  name={dev.name!r}" + (f"  ({dev.detail})" if dev.detail else ""))
+        for env in (P.BACKEND_ENV, P.NPU_SIM_ENV):
+            if os.environ.get(env):
+                print(f"{env}={os.environ[env]}")
+    if dev.family is None:
+        print(f"unknown {dev.kind} model: no capability row; backends fall back to 'reference'")
+        return 0
+    print(render_table(dev.family, args.markdown))
+    if not args.as_device:
+        from ..backends.registry import select_backend
+
+        print("\nselected backend per scheme on this machine:")
+        for s in P.SCHEMES:
+            try:
+                be, cap = select_backend(s)
+                print(f"  {s:<13} -> {be.name} ({cap.mode})")
+            except Exception as e:  # show, do not crash the report
+                print(f"  {s:<13} -> error: {e}")
+    return 0

@@ -1,0 +1,229 @@
+"""vLLM ``LinearMethodBase`` for every scheme (imports vLLM; loaded by ``plugin.register``).
+
+Parameters are created from the schemes' ``TensorSpec`` (``input_dim`` / ``output_dim`` /
+``per_tensor``), so vLLM's loader v2 shards them correctly under tensor parallelism:
+
+* input_dim and output_dim -> ``ModelWeightParameter`` (weight) / ``GroupQuantScaleParameter`` (MX scales,
+  ``weight_dual_scale``, per-group int8 scales);
+* output_dim only -> ``ChannelQuantScaleParameter`` (per-channel scales, ``deq_scale``, ``quant_bias``);
+* input_dim only -> ``RowvLLMParameter`` (``mul_scale``);
+* per_tensor -> ``PerTensorScaleParameter`` with one slot per fused shard (``input_scale``, ``input_offset``).
+
+Every loader is wrapped: int64 ``deq_scale`` is decoded (never ``copy_`` of an int64 bit pattern into
+fp32), 1-byte weights stored as uint8 are reinterpreted, and per-shard values are recorded so fused
+q/k/v (gate/up) layers can be checked for identical ``mul_scale`` / ``input_scale`` / ``input_offset``.
+``process_weights_after_loading`` hands the tensor set to the backend's ``prepare``; ``apply`` runs the
+backend's ``apply``.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import Parameter
+
+from vllm.model_executor.layers.linear import (LinearMethodBase, RowParallelLinear,
+                                               register_weight_loader_v2_supported_method)
+from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleParameter, GroupQuantScaleParameter,
+                                           ModelWeightParameter, PerTensorScaleParameter, RowvLLMParameter)
+
+from ...numerics.constants import DUAL_L0_BLOCK, MX_BLOCK
+from ...schemes.base import Scheme, SchemeValidationError
+from ...schemes.int8 import W8A8Dynamic, W8A8Static, W8A16, deq_scale_fp32
+from ...schemes.mx import MXFP4Dual, _MXBase
+from ..torch.module import resolve_backend
+
+__all__ = ["OmniNpuLinearMethod"]
+
+# tensors that must be identical across the shards of a fused layer (one input feeds every shard)
+SHARED_INPUT_TENSORS = ("mul_scale", "input_scale", "input_offset")
+
+
+def _param_for(spec, shape, dtype, loader, n_shards):
+    data = torch.empty(shape, dtype=dtype)
+    if spec.per_tensor:
+        return PerTensorScaleParameter(data=torch.empty(n_shards, dtype=dtype), weight_loader=loader)
+    if spec.input_dim is not None and spec.output_dim is not None:
+        cls = ModelWeightParameter if spec.name == "weight" else GroupQuantScaleParameter
+        return cls(data=data, input_dim=spec.input_dim, output_dim=spec.output_dim, weight_loader=loader)
+    if spec.output_dim is not None:
+        return ChannelQuantScaleParameter(data=data, output_dim=spec.output_dim, weight_loader=loader)
+    if spec.input_dim is not None:
+        return RowvLLMParameter(data=data, input_dim=spec.input_dim, weight_loader=loader)
+    return BasevLLMParameter(data=data, weight_loader=loader)
+
+
+@register_weight_loader_v2_supported_method
+class OmniNpuLinearMethod(LinearMethodBase):
+    """One quantized linear: ``scheme`` from a checkpoint (``online=False``) or from float weights."""
+
+    def __init__(self, scheme: Scheme, *, prefix: str = "", online: bool = False, backend=None,
+                 group_size: int = 0):
+        self.scheme = scheme
+        self.prefix = prefix
+        self.online = online
+        self.backend_request = backend
+        self.group_size = int(group_size or 0)
+        self.backend = None
+
+    # ------------------------------------------------------------------------------------------------
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs):
+        base_loader = extra_weight_attrs["weight_loader"]
+        k, n = int(input_size_per_partition), int(sum(output_partition_sizes))
+        where = self.prefix or type(layer).__name__
+        s = self.scheme
+        is_row = isinstance(layer, RowParallelLinear)
+        if isinstance(s, MXFP4Dual) and k % DUAL_L0_BLOCK:
+            raise ValueError(f"{where}: dual-scale MXFP4 needs K per tensor-parallel rank to be a multiple of "
+                             f"{DUAL_L0_BLOCK}; got K={k} (input_size {input_size}, tp_size {getattr(layer, 'tp_size', 1)})")
+        if is_row and k != input_size and isinstance(s, _MXBase) and k % MX_BLOCK:
+            raise ValueError(f"{where}: MX scheme {s.name} needs K per tensor-parallel rank to be a multiple of "
+                             f"{MX_BLOCK}; got K={k}")
+        layer.omni_scheme = s
+        layer.omni_act_dtype = params_dtype
+        layer.omni_k = k
+        layer.omni_n = n
+        layer.omni_is_row = is_row
+        layer.omni_n_shards = len(output_partition_sizes)
+        layer.omni_loaded = {}   # name -> set of shard ids seen
+        layer.omni_shard_values = {}  # name -> {shard id: tensor} for SHARED_INPUT_TENSORS
+        layer.omni_param_names = []
+
+        def wrap(name):
+            def loader(param, loaded, *args, **kwargs):
+                shard = args[0] if args else kwargs.get("loaded_shard_id")
+                if name == "deq_scale" and loaded.dtype == torch.int64:
+                    loaded = deq_scale_fp32(loaded)  # int64 bit pattern -> fp32 value (never a numeric cast)
+                elif (loaded.dtype != param.dtype and loaded.element_size() == 1 and param.element_size() == 1
+                      and not loaded.is_floating_point() and param.dtype not in (torch.int8, torch.uint8)):
+                    loaded = loaded.view(param.dtype)  # fp8 weights stored as raw uint8 bytes
+                if name in SHARED_INPUT_TENSORS:
+                    layer.omni_shard_values.setdefault(name, {})[shard] = loaded.detach().clone().float().reshape(-1)
+                layer.omni_loaded.setdefault(name, set()).add(shard)
+                return base_loader(param, loaded, *args, **kwargs)
+            return loader
+
+        if self.online:
+            w = ModelWeightParameter(data=torch.empty(n, k, dtype=params_dtype), input_dim=1, output_dim=0,
+                                     weight_loader=wrap("weight"))
+            layer.register_parameter("weight", w)
+            layer.omni_param_names.append("weight")
+            return
+        if isinstance(s, (W8A8Dynamic, W8A16)) and self.group_size and self.group_size < input_size:
+            if k % self.group_size:
+                raise ValueError(f"{where}: group_size {self.group_size} does not divide K={k}")
+            specs = s.tensor_specs(n, k, groups=k // self.group_size)
+        else:
+            specs = s.tensor_specs(n, k)
+        for spec in specs:
+            if spec.name == "bias":
+                continue  # the vLLM layer owns its bias parameter
+            p = _param_for(spec, spec.shape, spec.dtypes[0], wrap(spec.name), len(output_partition_sizes))
+            layer.register_parameter(spec.name, p)
+            layer.omni_param_names.append(spec.name)
+        layer.omni_optional = {spec.name for spec in specs if spec.optional}
+
+    # ------------------------------------------------------------------------------------------------
+    def _online_tensors(self, layer) -> dict[str, torch.Tensor]:
+        s, w = self.scheme, layer.weight.data
+        tp = getattr(layer, "tp_size", 1)
+        if isinstance(s, W8A8Dynamic) and layer.omni_is_row and tp > 1:
+            # per-output-row scale from the GLOBAL row amax, so TP>1 weights equal TP=1 weights:
+            # append the all-reduced amax as one extra column; the numerics rule then picks it.
+            import torch.distributed as dist
+            from vllm.distributed import get_tp_group
+
+            amax = w.float().abs().amax(dim=-1)
+            group = get_tp_group()
+            dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group.cpu_group if amax.device.type == "cpu"
+                            else group.device_group)
+            aug = torch.cat([w, amax.to(w.dtype).unsqueeze(-1)], dim=-1)
+            t = s.quantize_weight(aug)
+            t["weight"] = t["weight"][:, :-1].contiguous()
+            return t
+        return s.quantize_weight(w)
+
+    def _check_shards(self, layer, name: str, where: str):
+        vals = layer.omni_shard_values.get(name, {})
+        if len(vals) > 1:
+            items = list(vals.items())
+            ref_id, ref = items[0]
+            for sid, v in items[1:]:
+                if v.shape != ref.shape or not torch.equal(v, ref):
+                    raise SchemeValidationError(
+                        f"{where}: fused shards disagree on '{name}' (shard {ref_id!r} vs {sid!r}); q/k/v "
+                        f"(gate/up) share one input and need identical {name}")
+
+    def _checkpoint_tensors(self, layer, where: str) -> dict[str, torch.Tensor]:
+        t: dict[str, torch.Tensor] = {}
+        for name in layer.omni_param_names:
+            seen = layer.omni_loaded.get(name)
+            if not seen:
+                if name in layer.omni_optional:
+                    continue
+                raise SchemeValidationError(f"{where}: checkpoint tensor '{name}' was never loaded")
+            if name == "weight" and None not in seen and len(seen) != layer.omni_n_shards:
+                raise SchemeValidationError(f"{where}: weight loaded for shards {sorted(map(str, seen))}, "
+                                            f"expected {layer.omni_n_shards}")
+            data = getattr(layer, name).data
+            if name in SHARED_INPUT_TENSORS:
+                self._check_shards(layer, name, where)
+                if isinstance(getattr(layer, name), PerTensorScaleParameter):
+                    flat = data.reshape(-1)
+                    if not bool((flat == flat[0]).all()):
+                        raise SchemeValidationError(f"{where}: fused shards disagree on '{name}': {flat.tolist()}")
+                    data = flat[:1].clone()
+            t[name] = data
+        return t
+
+    def process_weights_after_loading(self, layer) -> None:
+        where = self.prefix or type(layer).__name__
+        s = self.scheme
+        if self.online:
+            tensors = self._online_tensors(layer)
+            tensors.pop("bias", None)
+        else:
+            tensors = self._checkpoint_tensors(layer, where)
+        bias = getattr(layer, "bias", None)
+        if bias is not None and not isinstance(s, W8A8Static):
+            tensors["bias"] = bias.data.to(torch.float32)  # float bias of W8A8 static is folded in quant_bias
+        self.backend, cap = resolve_backend(s, self.backend_request, _vllm_device())
+        layer.omni_capability = cap
+        layer.omni_prepared = self.backend.prepare(s, tensors, layer.omni_act_dtype, k=layer.omni_k, where=where)
+        if self.online:  # keep the stored (quantized) tensors, drop the float weight
+            for name, v in tensors.items():
+                if name == "bias":
+                    continue
+                if hasattr(layer, name):
+                    delattr(layer, name)
+                layer.register_parameter(name, Parameter(v, requires_grad=False))
+
+    def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        s = self.scheme
+        if isinstance(s, W8A8Static):
+            # quant_bias carries the folded float bias: add it once (row-parallel: TP rank 0 only)
+            add = not (layer.omni_is_row and getattr(layer, "tp_rank", 0) > 0)
+        else:
+            add = bias is not None
+        return self.backend.apply(layer.omni_prepared, x, add_bias=add)
+
+
+def _vllm_device():
+    """Device hint for the dispatcher, from vLLM's current platform (None -> let the registry detect)."""
+    import os
+
+    try:
+        from ...platform import BACKEND_ENV
+
+        if os.environ.get(BACKEND_ENV, "").strip():
+            return None
+    except ImportError:
+        pass
+    try:
+        from vllm.platforms import current_platform
+    except Exception:  # pragma: no cover
+        return None
+    if current_platform.is_out_of_tree() and getattr(current_platform, "device_type", "") == "npu":
+        return "npu"
+    if current_platform.is_cuda():
+        return "cuda"
+    return "cpu"

@@ -66,9 +66,16 @@ def _fmt(t: torch.Tensor) -> int:
     return getattr(t, "_npu_format", ACL_FORMAT_ND)
 
 
-def _is_t(t: torch.Tensor, a: int = -1, b: int = -2) -> bool:
-    """True when ``t`` is the transpose view (dims a, b) of a contiguous tensor."""
-    return t.dim() >= 2 and not t.is_contiguous() and t.transpose(a, b).is_contiguous()
+def _is_t(t: torch.Tensor, a: int = -2, b: int = -1):
+    """Whether dims (a, b) of ``t`` are swapped in memory (stride(a) < stride(b)): True / False, or
+    None when a size-1 dim makes the layout ambiguous (then either transposition is accepted)."""
+    if t.dim() < 2 or t.shape[a] == 1 or t.shape[b] == 1:
+        return None
+    return t.stride(a) < t.stride(b)
+
+
+def _same_t(p, q) -> bool:
+    return p is None or q is None or p == q
 
 
 def _need(cond: bool, op: str, msg: str) -> None:
@@ -165,7 +172,7 @@ class NpuSimOps:
     def _x2_nk(self, op: str, x2: torch.Tensor, k: int) -> torch.Tensor:
         """x2 logical (K, N): ND contiguous, FRACTAL_NZ, or the transpose view of (N, K) -> (N, K) view."""
         _need(x2.dim() == 2, op, f"x2 must be 2-D (K, N), got {list(x2.shape)}")
-        _need(x2.is_contiguous() or _is_t(x2), op, "x2 must be contiguous, FRACTAL_NZ or a transpose view of (N, K)")
+        _need(x2.is_contiguous() or _is_t(x2) is not False, op, "x2 must be contiguous, FRACTAL_NZ or a transpose view of (N, K)")
         _need(x2.shape[0] == k, op, f"x1 has K={k} but x2 is {list(x2.shape)} (expected ({k}, N))")
         return x2.transpose(0, 1)
 
@@ -237,7 +244,7 @@ class NpuSimOps:
               "MX modes need scale_dtype=pertoken_scale_dtype=torch_npu.float8_e8m0fnu")
         _need(pertoken_scale is not None, op, "MX modes need pertoken_scale (the activation E8M0 scales)")
         _need(x1.dim() == 2 and x2.dim() == 2, op, "MX mode is emulated for 2-D x1/x2 only")
-        _need(not _is_t(x1), op, "x1 must not be transposed")
+        _need(_is_t(x1) is not True, op, "x1 must not be transposed")
         fp4_1 = x1_dtype is not None and _kind(x1_dtype) == "fp4_e2m1"
         fp4_2 = x2_dtype is not None and _kind(x2_dtype) == "fp4_e2m1"
         if x1_dtype is not None:
@@ -252,7 +259,7 @@ class NpuSimOps:
             k = x1.shape[-1]
         if fp4_2:
             _need(x2.dtype in (torch.uint8, torch.int8), op, f"FP4 x2 must be packed uint8, got {x2.dtype}")
-            _need(_is_t(x2) or _fmt(x2) == ACL_FORMAT_FRACTAL_NZ, op,
+            _need(_is_t(x2) is not False or _fmt(x2) == ACL_FORMAT_FRACTAL_NZ, op,
                   "FP4 x2 must be the transpose view of the (N, K/2) weight (packed along K)")
             _need(2 * x2.shape[0] == k, op, f"x2 packs {2 * x2.shape[0]} K elements, x1 has {k}")
             w_codes = x2.transpose(0, 1).contiguous().view(torch.uint8)
@@ -260,7 +267,7 @@ class NpuSimOps:
         else:
             _need(x2.dtype == torch.float8_e4m3fn, op, f"x2 must be float8_e4m3fn (or FP4 with x2_dtype), got {x2.dtype}")
             _need(x2.shape[0] == k, op, f"x1 has K={k} but x2 is {list(x2.shape)}")
-            _need(x2.is_contiguous() or _is_t(x2), op, "x2 must be contiguous or a transpose view")
+            _need(x2.is_contiguous() or _is_t(x2) is not False, op, "x2 must be contiguous or a transpose view")
             w_vals = MX.mx_decode(x2.transpose(0, 1), E4M3)
         if fp4_1 or fp4_2:
             _need(k % 2 == 0 and k > 2, op, f"FP4 needs an even K > 2, got {k}")
@@ -277,8 +284,8 @@ class NpuSimOps:
               f"pertoken_scale must be uint8 ({m}, {npairs}, 2), got {pertoken_scale.dtype} {list(pertoken_scale.shape)}")
         _need(scale.dtype == torch.uint8 and tuple(scale.shape) == (npairs, n, 2), op,
               f"scale must be uint8 ({npairs}, {n}, 2), got {scale.dtype} {list(scale.shape)}")
-        _need(_is_t(pertoken_scale, -3, -2) == _is_t(x1), op, "x1 and pertoken_scale must have the same transposition")
-        _need(_is_t(scale, -3, -2) == _is_t(x2), op, "x2 and scale must have the same transposition")
+        _need(_same_t(_is_t(pertoken_scale, -3, -2), _is_t(x1)), op, "x1 and pertoken_scale must have the same transposition")
+        _need(_same_t(_is_t(scale, -3, -2), _is_t(x2)), op, "x2 and scale must have the same transposition")
         out_kind = "bf16" if output_dtype is None else _kind(output_dtype)
         _need(out_kind in (("bf16", "fp16") if w4a8 else ("bf16", "fp16", "fp32")), op,
               f"output_dtype {output_dtype} not supported in this MX mode")
@@ -394,7 +401,7 @@ class NpuSimOps:
             raise NotImplementedError(f"{op}: int4 weights are not emulated")
         _need(weight.dtype == torch.int8 and weight.dim() == 2, op, f"weight must be 2-D int8 (k, n), got {weight.dtype}")
         _need(quant_scale is None and quant_offset is None, op, "quant_scale/quant_offset (int8 output) are not emulated")
-        _need(weight.is_contiguous() or _is_t(weight), op, "weight must be contiguous, NZ or a transpose view")
+        _need(weight.is_contiguous() or _is_t(weight) is not False, op, "weight must be contiguous, NZ or a transpose view")
         k, n = weight.shape
         _need(x.shape[-1] == k, op, f"x has K={x.shape[-1]}, weight is {list(weight.shape)}")
         _last_dims(op, x=x, weight=weight)

@@ -1,0 +1,332 @@
+"""What a parity run compares: a float model, its inputs, and one tensor set per quantized linear.
+
+Three sources:
+
+* ``--model tiny-llama|tiny-dit --scheme S`` (built-in seeded models, ``models/tiny.py``);
+* ``--model DIR --scheme S`` (a Hugging Face model directory; needs transformers);
+* ``--checkpoint DIR`` (an msModelSlim / omni_npu_quant AscendV1 checkpoint, read with
+  ``omni_npu_quant.checkpoint.load_checkpoint``).  With ``--model`` as well, the float model is
+  the given one; otherwise it is built from the checkpoint's ``config.json`` (built-in tiny model
+  types, or transformers ``from_config``) with the *dequantized* weights, so "vs float" then
+  measures activation quantization only.  If no model can be built, layers run alone on seeded
+  synthetic inputs.
+
+Weights are quantized with ``Scheme.quantize_weight`` (the one rule per scheme); ``w8a8_static``
+is calibrated with the per-layer min / max of the captured float inputs.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..schemes.base import Scheme, SchemeValidationError
+from ..schemes.registry import get_scheme
+
+__all__ = ["LayerEntry", "ParitySource", "build_source", "select_layers", "BUILTIN_MODELS", "load_inputs"]
+
+BUILTIN_MODELS = {"tiny-llama": "llama", "tiny-dit": "dit"}
+# layers quantized by default (the transformer body; embeddings/heads and the tiny DiT's 16-channel
+# patch projections stay float, as deployments do)
+DEFAULT_LAYERS = {"llama": "model.layers.*", "dit": "blocks.*"}
+
+
+@dataclass
+class LayerEntry:
+    name: str
+    scheme: Scheme
+    tensors: dict[str, torch.Tensor]
+    label: str = ""
+    k: int | None = None  # input features (packed FP4 with odd K cannot be inferred from shapes)
+
+    def in_features(self) -> int:
+        return int(self.k) if self.k is not None else int(self.scheme.infer_shape(self.tensors)[1])
+
+
+@dataclass
+class ParitySource:
+    description: str
+    model: nn.Module | None  # float model (None: layer-only run)
+    inputs: torch.Tensor | None
+    layers: dict[str, LayerEntry]
+    act_dtype: torch.dtype
+    float_reference: str  # what "float" means in this run
+    image_like: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was not quantized
+    synthetic_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # layer-only runs
+    dequant_weights: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+def select_layers(names: list[str], pattern: str | None) -> list[str]:
+    """Filter linear names by a comma-separated list of globs (``re:`` prefix = regex, ``!`` = exclude)."""
+    if not pattern:
+        return list(names)
+    inc, exc = [], []
+    for p in (s.strip() for s in pattern.split(",")):
+        if not p:
+            continue
+        (exc if p.startswith("!") else inc).append(p.lstrip("!"))
+
+    def hit(n, pats):
+        for p in pats:
+            if p.startswith("re:"):
+                if re.search(p[3:], n):
+                    return True
+            elif fnmatch.fnmatchcase(n, p):
+                return True
+        return False
+
+    out = [n for n in names if (not inc or hit(n, inc)) and not hit(n, exc)]
+    if not out:
+        raise ValueError(f"--layers {pattern!r} matches no linear layer; first names: {names[:5]}")
+    return out
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def load_inputs(path: str) -> torch.Tensor:
+    """An input batch from a ``.pt`` tensor (or dict) or a ``.safetensors`` file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--inputs {path}: no such file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        d = load_file(path)
+    else:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(d, torch.Tensor):
+        return d
+    if isinstance(d, dict):
+        for key in ("input_ids", "latents", "inputs", "input", "x"):
+            if key in d:
+                return d[key]
+        if len(d) == 1:
+            return next(iter(d.values()))
+        raise ValueError(f"--inputs {path}: several tensors {sorted(d)}; name one input_ids / latents / inputs")
+    raise ValueError(f"--inputs {path}: expected a tensor or a dict of tensors, got {type(d).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+def capture_linear_io(model: nn.Module, inputs: torch.Tensor, names: list[str]) -> tuple[dict, dict, torch.Tensor]:
+    """Run the float model once; return ({name: input}, {name: output}, model output)."""
+    mods = dict(model.named_modules())
+    xs: dict[str, torch.Tensor] = {}
+    ys: dict[str, torch.Tensor] = {}
+    hooks = []
+    for n in names:
+        def hook(mod, args, out, n=n):
+            x = args[0].detach()
+            if n in xs:  # a module called twice: keep every call (rows concatenated)
+                xs[n] = torch.cat([xs[n], x.reshape(-1, x.shape[-1])])
+                ys[n] = torch.cat([ys[n], out.detach().reshape(-1, out.shape[-1])])
+            else:
+                xs[n] = x.reshape(-1, x.shape[-1]).clone()
+                ys[n] = out.detach().reshape(-1, out.shape[-1]).clone()
+        hooks.append(mods[n].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            y = model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    if hasattr(y, "logits"):
+        y = y.logits
+    return xs, ys, y.detach()
+
+
+def quantize_layers(model: nn.Module, names: list[str], scheme: Scheme, captured: dict[str, torch.Tensor]
+                    ) -> tuple[dict[str, LayerEntry], dict[str, str]]:
+    mods = dict(model.named_modules())
+    layers: dict[str, LayerEntry] = {}
+    skipped: dict[str, str] = {}
+    for n in names:
+        lin = mods[n]
+        w = lin.weight.detach()
+        b = None if lin.bias is None else lin.bias.detach()
+        calib = {}
+        if scheme.name == "w8a8_static":
+            x = captured[n].float()
+            calib = {"act_min": float(x.min()), "act_max": float(x.max())}
+        try:
+            t = scheme.quantize_weight(w, b, **calib)
+            scheme.validate(t, k=w.shape[1], where=n)
+        except (SchemeValidationError, ValueError) as e:
+            skipped[n] = str(e)
+            continue
+        layers[n] = LayerEntry(n, scheme, t, scheme.label, int(w.shape[1]))
+    return layers, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+def _load_hf_model(path: str, dtype: torch.dtype) -> nn.Module:
+    try:
+        import transformers
+    except ImportError as e:
+        raise RuntimeError(f"--model {path}: loading a Hugging Face model needs transformers "
+                           f"(pip install transformers): {e}") from e
+    m = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+    return m.eval()
+
+
+def _default_inputs(model: nn.Module, kind: str, batch: int, seq: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    from ..models.tiny import tiny_inputs
+
+    if kind in ("llama", "dit"):
+        return tiny_inputs(kind, batch=batch, seq=seq, seed=seed, dtype=dtype, model=model)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is None:
+        raise ValueError("cannot make default inputs for this model: pass --inputs FILE")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, int(vocab), (batch, seq), generator=gen)
+
+
+def build_source(*, model: str | None = None, scheme: str | None = None, checkpoint: str | None = None,
+                 inputs: str | None = None, layers: str | None = None, dtype: torch.dtype = torch.bfloat16,
+                 seed: int = 0, batch: int = 2, seq: int = 64, scheme_opts: dict | None = None) -> ParitySource:
+    """Build the float model, the inputs and the quantized tensor sets of a parity run."""
+    if checkpoint is not None:
+        if scheme is not None:
+            raise ValueError("--scheme applies to --model only; a checkpoint records its own schemes")
+        return _source_from_checkpoint(checkpoint, model, inputs, layers, dtype, seed, batch, seq)
+    model = model or "tiny-llama"
+    scheme_name = scheme or "mxfp4"
+    sch = get_scheme(scheme_name, **(scheme_opts or {}))
+    if model in BUILTIN_MODELS:
+        from ..models.tiny import build_tiny
+
+        kind = BUILTIN_MODELS[model]
+        fm = build_tiny(kind, seed=seed, dtype=dtype)
+        desc = f"built-in {model} (seed {seed}, {str(dtype).replace('torch.', '')})"
+    else:
+        if not os.path.isdir(model):
+            raise ValueError(f"--model {model!r}: not a directory and not a built-in ({', '.join(BUILTIN_MODELS)})")
+        kind = "hf"
+        fm = _load_hf_model(model, dtype)
+        desc = f"Hugging Face model {os.path.basename(os.path.normpath(model))}"
+    x = load_inputs(inputs) if inputs else _default_inputs(fm, kind, batch, seq, seed + 1, dtype)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    all_lin = linear_names(fm)
+    default = DEFAULT_LAYERS.get(kind, "!lm_head")
+    names = select_layers(all_lin, layers or default)
+    captured, _, _ = capture_linear_io(fm, x, names)
+    qlayers, skipped = quantize_layers(fm, names, sch, captured)
+    if not qlayers:
+        raise ValueError(f"scheme {sch.name}: no selected layer could be quantized: {skipped}")
+    return ParitySource(f"{desc}, scheme {sch.name}", fm, x, qlayers, dtype, "float model (original weights)",
+                        image_like=(kind == "dit"), skipped=skipped)
+
+
+def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch, seq) -> ParitySource:
+    try:
+        from ..checkpoint import load_checkpoint
+    except ImportError as e:
+        raise RuntimeError(f"--checkpoint needs omni_npu_quant.checkpoint (not importable: {e})") from e
+    ck = load_checkpoint(ckpt_dir)
+    entries: dict[str, LayerEntry] = {}
+    for prefix, le in ck.layers.items():
+        sch = get_scheme(le.scheme_name)
+        entries[prefix] = LayerEntry(prefix, sch, dict(le.tensors), le.label, getattr(le, "k", None))
+    if layers:
+        keep = select_layers(sorted(entries), layers)
+        entries = {k: entries[k] for k in keep}
+    if not entries:
+        raise ValueError(f"--checkpoint {ckpt_dir}: no quantized linear layers found")
+    desc = f"checkpoint {os.path.basename(os.path.normpath(ckpt_dir))} ({getattr(ck, 'format', 'AscendV1')})"
+    kind = None
+    fm = None
+    float_ref = "float model (original weights)"
+    dequant = False
+    if model is not None:
+        if model in BUILTIN_MODELS:
+            from ..models.tiny import build_tiny
+
+            kind = BUILTIN_MODELS[model]
+            fm = build_tiny(kind, seed=seed, dtype=dtype)
+        else:
+            kind = "hf"
+            fm = _load_hf_model(model, dtype)
+    else:
+        fm, kind = _model_from_checkpoint_config(ckpt_dir, ck, dtype)
+        if fm is not None:
+            float_ref = "checkpoint weights dequantized to float (no float weights in a checkpoint)"
+            dequant = True
+            _load_float_and_dequant(fm, ck, entries)
+    if fm is None:
+        # layer-only run on seeded synthetic activations with a few outlier channels
+        gen = torch.Generator().manual_seed(seed + 1)
+        syn = {}
+        for n, e in entries.items():
+            k = e.in_features()
+            x = torch.randn(batch * seq, k, generator=gen)
+            x[:, torch.randperm(k, generator=gen)[: max(1, k // 64)]] *= 20.0
+            syn[n] = x.to(dtype)
+        return ParitySource(desc + ", layer-only (no model could be built from config.json)", None, None, entries,
+                            dtype, "float linear on dequantized weights", skipped={}, synthetic_inputs=syn,
+                            dequant_weights=True)
+    missing = [n for n in entries if n not in dict(fm.named_modules())]
+    if missing:
+        raise ValueError(f"--checkpoint {ckpt_dir}: layers {missing[:5]} do not exist in the model")
+    x = load_inputs(inputs) if inputs else _default_inputs(fm, kind, batch, seq, seed + 1, dtype)
+    if x.is_floating_point():
+        x = x.to(dtype)
+    return ParitySource(desc, fm, x, entries, dtype, float_ref, image_like=(kind == "dit"), dequant_weights=dequant)
+
+
+def _model_from_checkpoint_config(ckpt_dir, ck, dtype):
+    cfg_path = os.path.join(ckpt_dir, "config.json")
+    cfg = getattr(ck, "config", None)
+    if cfg is None and os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    if not isinstance(cfg, dict):
+        return None, None
+    mt = cfg.get("model_type")
+    if mt in ("tiny_llama", "tiny_dit"):
+        from ..models.tiny import build_tiny
+
+        kind = "llama" if mt == "tiny_llama" else "dit"
+        kw = {"llama": {"vocab": "vocab_size", "hidden": "hidden_size", "intermediate": "intermediate_size",
+                        "heads": "num_attention_heads", "layers": "num_hidden_layers"},
+              "dit": {"hidden": "hidden_size", "blocks": "num_blocks", "in_channels": "in_channels"}}[kind]
+        args = {a: cfg[c] for a, c in kw.items() if c in cfg}
+        return build_tiny(kind, seed=0, dtype=dtype, **args), kind
+    try:
+        import transformers
+    except ImportError:
+        return None, None
+    try:
+        conf = transformers.AutoConfig.for_model(**cfg) if mt else None
+        if conf is None:
+            return None, None
+        return transformers.AutoModelForCausalLM.from_config(conf, torch_dtype=dtype).eval(), "hf"
+    except Exception:  # noqa: BLE001 - an unknown architecture means a layer-only run
+        return None, None
+
+
+def _load_float_and_dequant(model: nn.Module, ck, entries: dict[str, LayerEntry]) -> None:
+    """Float tensors of the checkpoint into ``model``; quantized linears get their dequantized weights."""
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, t in getattr(ck, "float_tensors", {}).items():
+            if name in sd and tuple(sd[name].shape) == tuple(t.shape):
+                sd[name].copy_(t.to(sd[name].dtype))
+        mods = dict(model.named_modules())
+        for n, e in entries.items():
+            lin = mods[n]
+            k = e.in_features()
+            w = e.scheme.dequantize_weight(e.tensors, k)
+            lin.weight.copy_(w.to(lin.weight.dtype))
+            b = e.tensors.get("bias")
+            if b is not None and lin.bias is not None:
+                lin.bias.copy_(b.to(lin.bias.dtype))

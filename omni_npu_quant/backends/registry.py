@@ -111,7 +111,10 @@ def candidates_for(device: DeviceInfo) -> list[str]:
 def _capability_of(name: str, scheme: Scheme, device: DeviceInfo) -> tuple[LinearBackend | None, Capability]:
     try:
         if name == "npu" and device.family is not None and not device.simulated:
-            be = get_backend("npu")
+            key = f"npu@{device.family}"  # a named SoC (or the detected one): real torch_npu at prepare time
+            if key not in _CACHE:
+                _CACHE[key] = _make_npu(device.family, False)
+            be = _CACHE[key]
         else:
             be = get_backend(name)
     except (BackendUnavailable, ImportError) as e:

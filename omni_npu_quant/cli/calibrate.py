@@ -1,0 +1,102 @@
+"""``omni-npu-quant calibrate``: offline calibration -> msModelSlim AscendV1 checkpoint + report.
+
+With no arguments besides ``--out`` it calibrates the built-in tiny Llama for dual-scale MXFP4 on
+built-in data.  See ``docs/calibration.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..schemes.registry import MAIN_SCHEMES, SCHEMES
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _clamps(text: str) -> tuple:
+    out = []
+    for x in text.split(","):
+        x = x.strip().lower()
+        if not x:
+            continue
+        if x in ("none", "off"):
+            out.append(None)
+        else:
+            try:
+                v = float(x)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"--clamps: expected numbers or 'none', got {x!r}") from None
+            if v <= 1.0:
+                raise argparse.ArgumentTypeError(f"--clamps: a clamp must be > 1 (s is kept in [1/c, c]), got {v}")
+            out.append(v)
+    return tuple(out)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..calibration.pipeline import DEFAULT_ALPHAS, DEFAULT_CLAMPS
+
+    p.add_argument("--model", default="tiny-llama",
+                   help="tiny-llama | tiny-dit | a transformers / diffusers model directory | a safetensors state dict "
+                        "(file or directory) together with --factory (default: tiny-llama)")
+    p.add_argument("--factory", default=None, metavar="MODULE:FUNCTION",
+                   help="zero-argument callable building the nn.Module for a plain safetensors state dict")
+    p.add_argument("--scheme", default="mxfp4_dual", choices=sorted(set(MAIN_SCHEMES) | set(SCHEMES)),
+                   help="target scheme (default: mxfp4_dual)")
+    p.add_argument("--calib", default=None, metavar="DATA",
+                   help="prompts (.txt one per line, .jsonl with 'text'/'prompt') or saved inputs (.safetensors, keys "
+                        "'<i>' or '<i>.<kwarg>'); default: built-in data")
+    p.add_argument("--out", required=True, help="output checkpoint directory (written atomically)")
+    p.add_argument("--ignored-layers", nargs="*", default=[], metavar="PATTERN",
+                   help="layers kept float: exact name / dotted prefix, glob (*.down_proj) or re:<regex>")
+    p.add_argument("--no-default-ignores", action="store_true", help="also quantize lm_head (kept float by default)")
+    p.add_argument("--float-blocks", type=int, default=0, metavar="N",
+                   help="keep the first N numbered blocks (model.layers.i / blocks.i) float")
+    p.add_argument("--device", default="cpu", help="torch device for the forward passes and the search (default cpu)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="model / activation dtype "
+                   "(default: the model's own)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.calib-work")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--no-smooth", action="store_true", help="no mul_scale search (mul_scale = 1; static ranges only)")
+    p.add_argument("--alphas", type=_floats, default=DEFAULT_ALPHAS, metavar="A,B,...",
+                   help=f"smoothing exponents to try (default {','.join(map(str, DEFAULT_ALPHAS))})")
+    p.add_argument("--clamps", type=_clamps, default=DEFAULT_CLAMPS, metavar="C,...",
+                   help="migration clamps to try, s in [1/c, c] ('none' = unclamped; default none,4)")
+    p.add_argument("--scale-min", type=float, default=1e-5, help="floor of the smoothing factor s (msModelSlim 1e-5)")
+    p.add_argument("--max-rows", type=int, default=512, help="sampled activation rows kept per input group")
+    p.add_argument("--num-samples", type=int, default=8, help="calibration prompts / input calls used")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per prompt (truncation) / built-in sequence length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=None, help="number of layers / blocks of a built-in tiny model")
+    p.add_argument("--no-eval", action="store_true", help="skip the model-level error measurement")
+    p.add_argument("--part-file-size", type=float, default=0, help="shard size in GB (0: one file)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibration import CalibOptions, calibrate
+    from ..calibration.report import REPORT_MD
+
+    opts = CalibOptions(
+        out=args.out, model=args.model, scheme=args.scheme, calib=args.calib, factory=args.factory, dtype=args.dtype,
+        device=args.device, ignored_layers=list(args.ignored_layers or []), default_ignores=not args.no_default_ignores,
+        float_blocks=args.float_blocks, smooth=not args.no_smooth, alphas=args.alphas, clamps=args.clamps,
+        scale_min=args.scale_min, max_rows=args.max_rows, num_samples=args.num_samples, seq_len=args.seq_len,
+        seed=args.seed, model_layers=args.layers, evaluate=not args.no_eval, part_file_size=args.part_file_size,
+        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        rep = calibrate(opts)
+    except (ValueError, OSError) as e:
+        print(f"omni-npu-quant calibrate: error: {e}", file=sys.stderr)
+        return 2
+    n_smooth = sum(1 for r in rep["layers"] if r["mul_scale"])
+    print(f"wrote {args.out}: {len(rep['layers'])} {rep['label']} layers ({n_smooth} with mul_scale), "
+          f"{len(rep['kept_float'])} kept float; report {REPORT_MD}")
+    me = rep.get("model_error")
+    if me:
+        print(f"model output rel-L2 vs float: mul_scale=1 {me['identity']:.4f} -> calibrated {me['calibrated']:.4f}")
+    return 0

@@ -199,7 +199,7 @@ _NPU_MX_A2 = {
     "w4a8_mxfp": "no MX kernels on A2/A3: same exact int8 + power-of-two group-scale weight as mxfp4; activations "
                  "unquantized unless act_fake_quant",
     "mxfp4_dual": "no dual-level kernels on A2/A3: level-0 folded into the per-32 group scale (2^(e-1)*l0 rounded to the "
-                  "activation dtype: relative weight error <= 2^-9 bf16 / 2^-12 fp16, not bit-exact); "
+                  "activation dtype: relative weight error <= 2^-8 bf16 / 2^-11 fp16, not bit-exact); "
                   "npu_weight_quant_batchmatmul(antiquant_group_size=32)",
 }
 _CUDA = {

@@ -15,7 +15,7 @@ import torch
 from .bits import exponent_field, pow2
 from .constants import ROUND_MODES, ElemFormat
 
-__all__ = ["round_mantissa", "quantize_elements"]
+__all__ = ["round_mantissa", "quantize_elements", "quantize_elements_"]
 
 
 def round_mantissa(m: torch.Tensor, round_mode: str) -> torch.Tensor:
@@ -33,10 +33,35 @@ def quantize_elements(v: torch.Tensor, fmt: ElemFormat, round_mode: str) -> torc
 
     The result is exactly representable in ``fmt`` (sign of zero kept; NaN becomes +0).
     """
-    v = v.to(torch.float32)
-    pe = exponent_field(v).clamp(min=fmt.emin, max=127)
-    step = pow2(pe - fmt.mbits)  # value of one mantissa ulp at this exponent
-    m = round_mantissa(v / step, round_mode)
-    q = (m * step).clamp(-fmt.max_value, fmt.max_value)
-    q = torch.where(torch.isnan(q), torch.zeros_like(q), q)
-    return q
+    return quantize_elements_(v.to(torch.float32, copy=True).contiguous(), fmt, round_mode)
+
+
+def quantize_elements_(v: torch.Tensor, fmt: ElemFormat, round_mode: str) -> torch.Tensor:
+    """In-place ``quantize_elements`` on a contiguous fp32 tensor the caller owns (same result).
+
+    Implementation of the rule above with exact power-of-two factors built from exponent bits:
+    ``pe`` is the biased exponent field clamped to [emin + 127, 254] (zero and fp32 subnormals
+    have field 0, so they take ``emin`` like the golden's ``max(floor(log2|v|), emin)``); the
+    mantissa ulp ``2**(pe - mbits)`` and its inverse are normal fp32 numbers for every format, so
+    ``v * 2**(mbits - pe)`` equals the golden's ``v / 2**pe * 2**mbits`` bit for bit.
+    """
+    if round_mode not in ROUND_MODES:
+        raise ValueError(f"round_mode must be one of {ROUND_MODES}, got {round_mode!r}")
+    if v.dtype != torch.float32 or not v.is_contiguous():
+        raise ValueError("quantize_elements_ needs a contiguous fp32 tensor")
+    eb = torch.bitwise_right_shift(v.view(torch.int32), 23)
+    eb.bitwise_and_(0xFF).clamp_(min=fmt.emin + 127, max=254)
+    inv = torch.sub(254 + fmt.mbits, eb).bitwise_left_shift_(23).view(torch.float32)  # 2**(mbits - pe)
+    step = eb.sub_(fmt.mbits).bitwise_left_shift_(23).view(torch.float32)  # 2**(pe - mbits)
+    m = v.mul_(inv)
+    del inv
+    if round_mode == "rint":
+        m.round_()  # half to even
+    elif round_mode == "round":
+        # golden: floor(|m| + fp32(0.5)) with the sign put back (the fp32 add rounds, as there)
+        mag = m.abs().add_(0.5).floor_()
+        m = mag.copysign_(m)
+    else:
+        m.floor_()
+    q = m.mul_(step).clamp_(-fmt.max_value, fmt.max_value)
+    return q.nan_to_num_(nan=0.0)

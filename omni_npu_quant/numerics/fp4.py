@@ -17,18 +17,25 @@ E2M1_TABLE = torch.tensor(list(FP4_E2M1_VALUES) + [-v for v in FP4_E2M1_VALUES],
 
 
 def encode_e2m1(values: torch.Tensor) -> torch.Tensor:
-    """Exact E2M1 values (fp32) -> uint8 codes 0..15.  Raises on a value E2M1 cannot hold."""
-    v = values.to(torch.float32)
-    mag = v.abs()
-    # index of |v| in the magnitude table; valid values hit exactly
-    idx = torch.bucketize(mag, E2M1_TABLE[:8].to(v.device))
-    idx = idx.clamp(max=7)
-    ok = E2M1_TABLE[:8].to(v.device)[idx] == mag
+    """Exact E2M1 values (fp32) -> uint8 codes 0..15.  Raises on a value E2M1 cannot hold.
+
+    Read from the fp32 bits: a representable magnitude is 0, 0.5 (bits 0x3F000000) or
+    2**e * {1, 1.5} with e in {0, 1, 2}; its 3-bit code is 2 * (e + 1) + (top mantissa bit),
+    0.5 -> 1, 0 -> 0; the sign bit becomes bit 3.
+    """
+    bits = values.to(torch.float32).contiguous().view(torch.int32)
+    mag = bits & 0x7FFFFFFF
+    e = torch.bitwise_right_shift(mag, 22)  # biased exponent (8 bits) and the top mantissa bit
+    half = mag == 0x3F000000
+    ok = ((mag & 0x3FFFFF) == 0) & (((e >= 254) & (e <= 259)) | half | (mag == 0))
     if not bool(ok.all()):
-        bad = v[~ok].flatten()[:4].tolist()
+        bad = values.to(torch.float32)[~ok].flatten()[:4].tolist()
         raise ValueError(f"encode_e2m1: values not representable in FP4 E2M1: {bad}")
-    sign = torch.signbit(v).to(torch.uint8) << 3
-    return idx.to(torch.uint8) | sign
+    # e = 2 * biased_exp + m1; 1.0 has biased exponent 127 -> e = 254 -> code 2
+    code = e.sub_(252).clamp_(min=0)
+    code.masked_fill_(half, 1)
+    code.bitwise_or_(torch.bitwise_right_shift(bits, 28) & 8)  # sign (arithmetic shift keeps it)
+    return code.to(torch.uint8)
 
 
 def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:

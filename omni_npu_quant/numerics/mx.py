@@ -24,7 +24,7 @@ import torch
 from .bits import pow2
 from .constants import E2M1, E4M3, E5M2, MX_BLOCK, ElemFormat
 from .e8m0 import exponent_to_code, code_to_exponent, shared_exponent
-from .elements import quantize_elements
+from .elements import quantize_elements_
 from .fp4 import decode_e2m1, encode_e2m1, pack_fp4, unpack_fp4
 from .fp8 import decode_e4m3, encode_e4m3
 
@@ -75,13 +75,15 @@ def mx_quantize(
     xt = x.movedim(axis, -1).to(torch.float32)
     k = xt.shape[-1]
     blocks = block_view(xt, block)
-    amax = blocks.abs().amax(dim=-1)
+    lo, hi = torch.aminmax(blocks, dim=-1)  # |max| without a full-size abs() copy; NaN propagates
+    amax = torch.maximum(lo.neg_(), hi).abs_()  # abs_: max(-0.0, 0.0) may be -0.0
     e = shared_exponent(amax, fmt, scale_alg, dst_type_max)
     nan_scale = e >= 128
-    scale = pow2(e.clamp(max=127))
-    v = blocks / scale.unsqueeze(-1)
-    v = torch.where(nan_scale.unsqueeze(-1), torch.full_like(v, float("nan")), v)
-    q = quantize_elements(v, fmt, round_mode)
+    inv_scale = pow2(e.clamp(max=127).neg_())  # 2**-E is exact for E in [-127, 127]: x * 2**-E == x / 2**E
+    v = torch.mul(blocks, inv_scale.unsqueeze(-1)).contiguous()
+    if bool(nan_scale.any()):
+        v.masked_fill_(nan_scale.unsqueeze(-1), float("nan"))  # -> every element of the block becomes 0
+    q = quantize_elements_(v, fmt, round_mode)
     q = q.reshape(*q.shape[:-2], -1)[..., :k]
     return MXResult(q.movedim(-1, axis), e.movedim(-1, axis))
 

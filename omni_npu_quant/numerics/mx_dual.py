@@ -47,10 +47,12 @@ def dual_level_quantize(x: torch.Tensor, smooth: torch.Tensor | None = None, rou
             raise ValueError(f"smooth scale has {smooth.shape[-1]} channels, input has {k}")
         xf = xf * smooth.to(torch.float32)
     b = block_view(xf, DUAL_L0_BLOCK)
-    amax = b.abs().amax(dim=-1)
-    l0 = amax / 6.0
+    lo, hi = torch.aminmax(b, dim=-1)  # |max| without a full-size abs() copy; NaN propagates
+    l0 = torch.maximum(lo.neg_(), hi).abs_().div_(6.0)  # abs_: max(-0.0, 0.0) may be -0.0
     t = b / l0.unsqueeze(-1)
-    t = torch.where((l0 == 0).unsqueeze(-1), torch.zeros_like(t), t)
+    zero = l0 == 0
+    if bool(zero.any()):
+        t.masked_fill_(zero.unsqueeze(-1), 0.0)
     t = t.reshape(*t.shape[:-2], -1)[..., :k].to(work_dtype)
     r = mx_quantize(t, E2M1, round_mode, 0, block=DUAL_L1_BLOCK)
     assert r.exponents.shape[-1] == num_blocks(k, DUAL_L1_BLOCK)

@@ -97,7 +97,7 @@ def load_checkpoint(path, *, validate: bool = True) -> QuantizedCheckpoint:
 
 def validate_checkpoint(path) -> list[Problem]:
     """Every problem of a checkpoint directory (errors and warnings); never raises on bad data."""
-    scan = _Scan(Path(path), load=True, strict=True, keep=False)
+    scan = _Scan(Path(path), load=True, strict=True)
     try:
         scan.run()
     except Exception as e:  # defensive: report, never raise on bad data
@@ -391,7 +391,6 @@ class _Scan:
                              f"{e} (label {lab} -> scheme {scheme_name})")
             if self.keep:
                 self.layers[prefix] = entry
-            # keep memory flat when only validating
         for key, lab in labels.items():
             if key in attached or key not in self.infos:
                 continue
@@ -399,9 +398,6 @@ class _Scan:
                 if key.rpartition(".")[0] in wrapped or key.rpartition(".")[0][:-7] in wrapped:
                     continue
                 self._load_float(key)
-        for prefix in wrapped:
-            for s, k in groups.get(prefix, {}).items():
-                pass
         if self.fmt == "mindie" and (v0_hint or "kv_cache_type" in self.desc):
             self.fmt = "v0"
 

@@ -46,7 +46,8 @@ def real_ckpt(tmp_path_factory, msmodelslim_required):
             d = base / name
             model = msms_gen.make_tiny_llama(d / "model", dtype, hidden=hidden, inter=2 * hidden,
                                              layers=1, heads=4, kv_heads=2)
-            cfg = msms_gen.write_config(d / "cfg.yaml", scheme, saver, part)
+            calib = msms_gen.small_calib(base / "calib4.jsonl")
+            cfg = msms_gen.write_config(d / "cfg.yaml", scheme, saver, part, dataset=str(calib))
             cache[name] = (model, msms_gen.quantize(model, d / "out", cfg))
         return cache[name]
 

@@ -110,6 +110,8 @@ def run_parity(src: ParitySource, statuses: list[BackendStatus], *, repeat: int 
         for n, e in src.layers.items():
             k = e.in_features()
             w = e.scheme.dequantize_weight(e.tensors, k)
+            if e.tensors.get("mul_scale") is not None:
+                w = w * e.tensors["mul_scale"].to(torch.float32).reshape(1, -1)
             b = e.tensors.get("bias")
             yf = xs[n].float() @ w.T + (0 if b is None else b.float())
             ys_float[n] = yf.to(src.act_dtype)
@@ -314,7 +316,8 @@ def verdict(report: dict, out_dtype: torch.dtype) -> dict:
             if r.get("status") == "error":
                 fails.append(f"end to end [{b}]: {r['error']}")
                 continue
-            for w in e2e_failures(tier, e2e_scheme, r, is_reference=(b == "reference")):
+            for w in e2e_failures(tier, e2e_scheme, r, report["end_to_end"].get("reference"),
+                                  is_reference=(b == "reference")):
                 fails.append(f"[{b}]: {w}")
         res[tier] = {"pass": not fails, "failures": fails}
     return res

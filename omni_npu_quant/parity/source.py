@@ -326,6 +326,9 @@ def _load_float_and_dequant(model: nn.Module, ck, entries: dict[str, LayerEntry]
             lin = mods[n]
             k = e.in_features()
             w = e.scheme.dequantize_weight(e.tensors, k)
+            ms = e.tensors.get("mul_scale")
+            if ms is not None:  # y = (x * s) @ W.T = x @ (W * s).T
+                w = w * ms.to(torch.float32).reshape(1, -1)
             lin.weight.copy_(w.to(lin.weight.dtype))
             b = e.tensors.get("bias")
             if b is not None and lin.bias is not None:

@@ -3,13 +3,15 @@
 Two tiers:
 
 * ``smoke`` — the backend runs and agrees with the reference loosely: quantizers almost
-  byte-identical, layer outputs within 1% (relative L2) of the reference, end-to-end within 5%,
-  and the quantized model still resembles the float model.
+  byte-identical, layer outputs within 1% (relative L2) of the reference, end to end at most 25%
+  (+0.02) further from the float model than the reference is, and the quantized model still
+  resembles the float model.
 * ``strict`` — the exactness promise of ``cuda_mirror.md`` §1: quantizers byte-identical; int8
   (level E0: exact int32 accumulation) outputs within 1 ulp of the output dtype per element; MX and
   dual-scale (level E1: exact products, free fp32 summation order) within
   ``max(1e-3, eps(out dtype)) * max|ref|`` per element (the MX matmul rtol of the CANN op tests,
-  ``npu_ops.md`` §6, or one output ulp of the largest value, whichever is larger).
+  ``npu_ops.md`` §6, or one output ulp of the largest value, whichever is larger); end to end at
+  most 10% (+0.01) further from the float model than the reference.
 
 Checks against the *float* model bound the reference quantization error itself (a broken weight
 layout or a mis-wired layer shows up there even when every backend agrees).
@@ -38,12 +40,12 @@ THRESHOLDS = {
     "smoke": {
         "quant_mismatch_frac_max": 1e-3,  # fraction of quantizer output bytes that may differ
         "layer_vs_ref": {"cosine_min": 0.9999, "rel_l2_max": 1e-2},
-        "e2e_vs_ref": {"cosine_min": 0.999, "rel_l2_max": 5e-2},
+        "e2e": {"float_error_ratio_max": 1.25, "float_error_slack": 0.02},
     },
     "strict": {
         "quant_mismatch_frac_max": 0.0,
         "layer_vs_ref": {"E0": {"max_ulp_max": 1.0}, "E1": {"normwise_rtol": 1e-3}},
-        "e2e_vs_ref": {"cosine_min": 0.9999, "rel_l2_max": 2e-2},
+        "e2e": {"float_error_ratio_max": 1.10, "float_error_slack": 0.01},
     },
 }
 
@@ -134,7 +136,15 @@ def layer_failures(tier: str, scheme_name: str, res: dict, out_dtype: torch.dtyp
     return why
 
 
-def e2e_failures(tier: str, scheme_name: str, res: dict, *, is_reference: bool) -> list[str]:
+def e2e_failures(tier: str, scheme_name: str, res: dict, ref_res: dict | None, *, is_reference: bool) -> list[str]:
+    """End to end, a backend must be about as close to the float model as the reference is.
+
+    Outputs are not compared with the reference's directly: a one-ulp difference in one layer moves
+    an element across a rounding boundary of the next layer's activation quantizer, so faithful
+    backends legitimately diverge end to end (an MXFP4 tiny-llama with one-ulp noise in 20% of every
+    layer's outputs ends 0.26 rel. L2 from the reference yet as close to the float model).  The rule:
+    ``rel_l2(backend, float) <= ratio * rel_l2(reference, float) + slack``.
+    """
     why: list[str] = []
     if res.get("status") != "ok":
         return why
@@ -142,17 +152,14 @@ def e2e_failures(tier: str, scheme_name: str, res: dict, *, is_reference: bool) 
     vf = res.get("vs_float")
     if vf is not None and vf["cosine"] < floor:
         why.append(f"end-to-end cosine vs float {vf['cosine']:.6f} < {floor}")
-    if is_reference:
+    if is_reference or ref_res is None or ref_res.get("status") != "ok":
         return why
-    vr = res.get("vs_oracle") or res.get("vs_reference")
-    if vr is None:
-        return why
-    what = "oracle (" + res["oracle"] + ")" if res.get("vs_oracle") else "reference"
-    lim = THRESHOLDS[tier]["e2e_vs_ref"]
-    if vr["new_nonfinite"]:
-        why.append(f"end to end: {vr['new_nonfinite']} non-finite outputs where the {what} is finite")
-    if vr["cosine"] < lim["cosine_min"]:
-        why.append(f"end-to-end cosine vs {what} {vr['cosine']:.6f} < {lim['cosine_min']}")
-    if vr["rel_l2"] > lim["rel_l2_max"]:
-        why.append(f"end-to-end rel L2 vs {what} {vr['rel_l2']:.3g} > {lim['rel_l2_max']}")
+    if vf["new_nonfinite"]:
+        why.append(f"end to end: {vf['new_nonfinite']} non-finite outputs where the float model is finite")
+    lim = THRESHOLDS[tier]["e2e"]
+    ref_err = ref_res["vs_float"]["rel_l2"]
+    allowed = lim["float_error_ratio_max"] * ref_err + lim["float_error_slack"]
+    if vf["rel_l2"] > allowed:
+        why.append(f"end-to-end rel L2 vs float {vf['rel_l2']:.4g} > {lim['float_error_ratio_max']} x reference's "
+                   f"{ref_err:.4g} + {lim['float_error_slack']}")
     return why

@@ -87,6 +87,7 @@ class OmniNpuLinearMethod(LinearMethodBase):
         layer.omni_loaded = {}   # name -> set of shard ids seen
         layer.omni_shard_values = {}  # name -> {shard id: tensor} for SHARED_INPUT_TENSORS
         layer.omni_param_names = []
+        layer.omni_loader_name = getattr(base_loader, "__name__", "")  # "weight_loader_v2" expected
 
         def wrap(name):
             def loader(param, loaded, *args, **kwargs):

@@ -112,3 +112,25 @@ def test_cli_default_and_errors(tmp_path, capsys):
         main(["calibrate", "--out", str(tmp_path / "y"), "--clamps", "0.5"])
     with pytest.raises(SystemExit):
         main(["calibrate", "--out", str(tmp_path / "y"), "--scheme", "nope"])
+
+
+def test_diffusers_transformer_dir(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    m = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=32, in_channels=4, num_layers=1,
+                                        sample_size=8, patch_size=2, num_embeds_ada_norm=10)
+    m.save_pretrained(str(tmp_path / "dit"))
+    g = torch.Generator().manual_seed(0)
+    save_file({f"{i}.{k}": v for i in range(2) for k, v in
+               {"hidden_states": torch.randn(1, 4, 8, 8, generator=g), "timestep": torch.tensor([10 + i]),
+                "class_labels": torch.tensor([i])}.items()}, str(tmp_path / "in.safetensors"))
+    out = tmp_path / "ck"
+    rep = run_calib(out, model=str(tmp_path / "dit"), calib=str(tmp_path / "in.safetensors"), scheme="mxfp8",
+                    alphas=(0.5,), clamps=(None,))
+    assert rep["model"]["kind"] == "diffusers" and len(rep["layers"]) > 4
+    assert rep["model_error"]["calibrated"] <= rep["model_error"]["identity"] * 1.05
+    ck = load_checkpoint(out)
+    assert ck.description["model_quant_type"] == "W8A8_MXFP8"
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "DiTTransformer2DModel"

@@ -142,6 +142,16 @@ def _shape_ok(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
     return got == want
 
 
+def effective_mul_scale(mul_scale: torch.Tensor | None, act_dtype: torch.dtype) -> torch.Tensor | None:
+    """The smoothing multiplier every backend applies: ``mul_scale`` rounded to the activation
+    dtype, returned as fp32.  The NPU ops require it in the activation dtype
+    (``npu_dynamic_quant`` smooth_scales, ``npu_dynamic_dual_level_mx_quant`` smooth_scale), so the
+    reference and the CUDA mirror round it the same way."""
+    if mul_scale is None:
+        return None
+    return mul_scale.to(act_dtype).to(torch.float32)
+
+
 def apply_mul_scale(x: torch.Tensor, mul_scale: torch.Tensor | None) -> torch.Tensor:
     """Non-fused smoothing: ``x * mul_scale`` rounded to the activation dtype."""
     if mul_scale is None:

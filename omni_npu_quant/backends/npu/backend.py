@@ -30,7 +30,7 @@ from ...numerics.constants import ACL_FORMAT_FRACTAL_NZ, DUAL_L0_BLOCK, E2M1, E4
 from ...numerics.e8m0 import code_to_exponent, exponent_to_code
 from ...numerics.gemm import mx_matmul
 from ...numerics.mx_dual import DualResult, dual_level_dequantize
-from ...schemes.base import Scheme, apply_mul_scale
+from ...schemes.base import Scheme, apply_mul_scale, effective_mul_scale
 from ...schemes.int8 import W8A16, W8A8Dynamic, W8A8Static, deq_scale_fp32
 from ...schemes.mx import MXFP4, MXFP8, MXFP4Dual, W4A8MXFP, _MXBase
 from ..base import FALLBACK, NATIVE, UNSUPPORTED, Capability, LinearBackend, PreparedLinear
@@ -125,7 +125,7 @@ class NpuBackend(LinearBackend):
         notes: list[str] = []
         mode = cap.mode
         ms = tensors.get("mul_scale")
-        t["mul_scale"] = None if ms is None else ms.to(dev, F32)
+        t["mul_scale"] = None if ms is None else effective_mul_scale(ms, act_dtype).to(dev)
         bias = tensors.get("bias")
         bias32 = None if bias is None else bias.to(dev, F32)
 

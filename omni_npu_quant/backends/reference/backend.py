@@ -19,7 +19,7 @@ from ...numerics.constants import E2M1, E4M3
 from ...numerics.e8m0 import exponent_to_code
 from ...numerics.gemm import dual_level_matmul, mx_matmul
 from ...numerics.mx_dual import DualResult
-from ...schemes.base import Scheme, apply_mul_scale
+from ...schemes.base import Scheme, apply_mul_scale, effective_mul_scale
 from ...schemes.int8 import W8A16, W8A8Dynamic, W8A8Static, effective_deq_scale
 from ...schemes.mx import MXFP4Dual, _MXBase
 from ..base import NATIVE, Capability, LinearBackend, PreparedLinear
@@ -38,7 +38,7 @@ class ReferenceBackend(LinearBackend):
         n, k = scheme.validate(tensors, k=k, where=where)
         t: dict = {}
         ms = tensors.get("mul_scale")
-        t["mul_scale"] = None if ms is None else ms.to(F32)
+        t["mul_scale"] = effective_mul_scale(ms, act_dtype)
         bias = tensors.get("bias")
         if isinstance(scheme, (W8A8Dynamic,)):
             t["weight"] = tensors["weight"]

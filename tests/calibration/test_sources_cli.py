@@ -104,6 +104,8 @@ def test_cli_default_and_errors(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "W4A4_MXFP4_DUALSCALE layers" in printed and "calibrated" in printed
     assert (out / "quant_model_description.json").exists() and (out / "calibration_report.md").exists()
+    assert main(["inspect", str(out)]) == 0  # the inspector validates what we wrote
+    assert "validation: OK" in capsys.readouterr().out
     rc = main(["calibrate", "--out", str(tmp_path / "x"), "--model", "tiny-dit", "--layers", "1",
                "--ignored-layers", "blocks.7", "--no-progress"])
     assert rc == 2

@@ -36,25 +36,23 @@ def quantize_elements(v: torch.Tensor, fmt: ElemFormat, round_mode: str) -> torc
     return quantize_elements_(v.to(torch.float32, copy=True).contiguous(), fmt, round_mode)
 
 
-def quantize_elements_(v: torch.Tensor, fmt: ElemFormat, round_mode: str) -> torch.Tensor:
+def quantize_elements_(v: torch.Tensor, fmt: ElemFormat, round_mode: str, *, nan_to_zero: bool = True) -> torch.Tensor:
     """In-place ``quantize_elements`` on a contiguous fp32 tensor the caller owns (same result).
 
-    Implementation of the rule above with exact power-of-two factors built from exponent bits:
-    ``pe`` is the biased exponent field clamped to [emin + 127, 254] (zero and fp32 subnormals
-    have field 0, so they take ``emin`` like the golden's ``max(floor(log2|v|), emin)``); the
-    mantissa ulp ``2**(pe - mbits)`` and its inverse are normal fp32 numbers for every format, so
-    ``v * 2**(mbits - pe)`` equals the golden's ``v / 2**pe * 2**mbits`` bit for bit.
+    The binade ``2**floor(log2|v|)`` is the fp32 pattern with the sign and mantissa masked off;
+    clamping it to ``[2**emin, 2**127]`` gives ``2**pe`` (zero and fp32 subnormals read as 0 and
+    take ``emin``, like the golden's ``max(floor(log2|v|), emin)``; Inf/NaN read as Inf and clamp
+    to ``2**127``).  ``v / 2**(pe - mbits)`` is then the golden's ``v / 2**pe * 2**mbits`` bit for
+    bit (division by a power of two in range is exact).  ``nan_to_zero=False`` skips the NaN -> 0
+    pass for callers that know ``v`` has no NaN.
     """
     if round_mode not in ROUND_MODES:
         raise ValueError(f"round_mode must be one of {ROUND_MODES}, got {round_mode!r}")
     if v.dtype != torch.float32 or not v.is_contiguous():
         raise ValueError("quantize_elements_ needs a contiguous fp32 tensor")
-    eb = torch.bitwise_right_shift(v.view(torch.int32), 23)
-    eb.bitwise_and_(0xFF).clamp_(min=fmt.emin + 127, max=254)
-    inv = torch.sub(254 + fmt.mbits, eb).bitwise_left_shift_(23).view(torch.float32)  # 2**(mbits - pe)
-    step = eb.sub_(fmt.mbits).bitwise_left_shift_(23).view(torch.float32)  # 2**(pe - mbits)
-    m = v.mul_(inv)
-    del inv
+    step = v.view(torch.int32).bitwise_and(0x7F800000).view(torch.float32)
+    step.clamp_(min=2.0 ** fmt.emin, max=2.0 ** 127).mul_(2.0 ** -fmt.mbits)  # ulp 2**(pe - mbits), exact
+    m = v.div_(step)
     if round_mode == "rint":
         m.round_()  # half to even
     elif round_mode == "round":
@@ -64,4 +62,4 @@ def quantize_elements_(v: torch.Tensor, fmt: ElemFormat, round_mode: str) -> tor
     else:
         m.floor_()
     q = m.mul_(step).clamp_(-fmt.max_value, fmt.max_value)
-    return q.nan_to_num_(nan=0.0)
+    return q.nan_to_num_(nan=0.0) if nan_to_zero else q

@@ -16,26 +16,35 @@ __all__ = ["encode_e2m1", "decode_e2m1", "pack_fp4", "unpack_fp4", "E2M1_TABLE"]
 E2M1_TABLE = torch.tensor(list(FP4_E2M1_VALUES) + [-v for v in FP4_E2M1_VALUES], dtype=torch.float32)
 
 
+def _build_encode_lut() -> torch.Tensor:
+    """uint8 code for each upper 16-bit half of an fp32 (sign, exponent, 7 mantissa bits); 255 = not E2M1.
+
+    Every E2M1 value is exact in those 16 bits (its low 16 bits are zero), so the upper half alone
+    identifies the code."""
+    lut = torch.full((1 << 16,), 255, dtype=torch.uint8)
+    hi = (E2M1_TABLE.contiguous().view(torch.int32) >> 16) & 0xFFFF
+    lut[hi.long()] = torch.arange(16, dtype=torch.uint8)
+    return lut
+
+
+_ENCODE_LUT = _build_encode_lut()
+
+
 def encode_e2m1(values: torch.Tensor) -> torch.Tensor:
     """Exact E2M1 values (fp32) -> uint8 codes 0..15.  Raises on a value E2M1 cannot hold.
 
-    Read from the fp32 bits: a representable magnitude is 0, 0.5 (bits 0x3F000000) or
-    2**e * {1, 1.5} with e in {0, 1, 2}; its 3-bit code is 2 * (e + 1) + (top mantissa bit),
-    0.5 -> 1, 0 -> 0; the sign bit becomes bit 3.
+    A table lookup on the upper 16 bits of the fp32 pattern (``_build_encode_lut``); a value is
+    accepted only if its lower 16 bits are zero and the table has a code for the upper half.
     """
     bits = values.to(torch.float32).contiguous().view(torch.int32)
-    mag = bits & 0x7FFFFFFF
-    e = torch.bitwise_right_shift(mag, 22)  # biased exponent (8 bits) and the top mantissa bit
-    half = mag == 0x3F000000
-    ok = ((mag & 0x3FFFFF) == 0) & (((e >= 254) & (e <= 259)) | half | (mag == 0))
-    if not bool(ok.all()):
-        bad = values.to(torch.float32)[~ok].flatten()[:4].tolist()
-        raise ValueError(f"encode_e2m1: values not representable in FP4 E2M1: {bad}")
-    # e = 2 * biased_exp + m1; 1.0 has biased exponent 127 -> e = 254 -> code 2
-    code = e.sub_(252).clamp_(min=0)
-    code.masked_fill_(half, 1)
-    code.bitwise_or_(torch.bitwise_right_shift(bits, 28) & 8)  # sign (arithmetic shift keeps it)
-    return code.to(torch.uint8)
+    hi = torch.bitwise_right_shift(bits, 16).bitwise_and_(0xFFFF).long()
+    codes = torch.take(_ENCODE_LUT.to(bits.device), hi)
+    del hi
+    if bool((codes == 255).any()) or bool(torch.any(bits.bitwise_and(0xFFFF))):
+        bad = (codes == 255) | (bits.bitwise_and(0xFFFF) != 0)
+        bad_vals = values.to(torch.float32)[bad].flatten()[:4].tolist()
+        raise ValueError(f"encode_e2m1: values not representable in FP4 E2M1: {bad_vals}")
+    return codes
 
 
 def decode_e2m1(codes: torch.Tensor) -> torch.Tensor:

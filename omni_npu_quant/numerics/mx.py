@@ -81,9 +81,12 @@ def mx_quantize(
     nan_scale = e >= 128
     inv_scale = pow2(e.clamp(max=127).neg_())  # 2**-E is exact for E in [-127, 127]: x * 2**-E == x / 2**E
     v = torch.mul(blocks, inv_scale.unsqueeze(-1)).contiguous()
+    # v is finite outside NaN-scale blocks (|x| <= amax and 2**-E keeps amax below 2**(emax+1)),
+    # so instead of a NaN -> 0 pass over everything, NaN-scale blocks are zeroed up front
+    # (every element of such a block becomes +0, as in the golden).
     if bool(nan_scale.any()):
-        v.masked_fill_(nan_scale.unsqueeze(-1), float("nan"))  # -> every element of the block becomes 0
-    q = quantize_elements_(v, fmt, round_mode)
+        v.masked_fill_(nan_scale.unsqueeze(-1), 0.0)
+    q = quantize_elements_(v, fmt, round_mode, nan_to_zero=False)
     q = q.reshape(*q.shape[:-2], -1)[..., :k]
     return MXResult(q.movedim(-1, axis), e.movedim(-1, axis))
 

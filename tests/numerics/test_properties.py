@@ -12,7 +12,7 @@ from omni_npu_quant.numerics import mx as MX
 from omni_npu_quant.numerics.constants import E2M1, E4M3
 from omni_npu_quant.numerics.mx_dual import dual_level_dequantize, dual_level_quantize
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 floats32 = st.floats(min_value=-2.0 ** 100, max_value=2.0 ** 100, allow_nan=False, allow_infinity=False, width=32)
 
 
@@ -46,8 +46,14 @@ def test_mx_dequant_error_bound(x, fmt, mode):
     err = (xt.double() - deq).abs()
     bound = _element_bound(xt, r.exponents, f, mode)
     assert bool((err <= bound * (1 + 1e-12) + 1e-300).all()), (err - bound).max().item()
-    if mode == "floor":  # floor rounds toward -inf: never above x except where +max clamps (it cannot go up)
-        assert bool((deq <= xt.double()).all())
+    if mode == "floor":  # floor rounds toward -inf: never above x, except where -max clamps a saturating value
+        scale = MX.mx_dequantize(torch.ones_like(xt), r.exponents).double()
+        v = (xt.double() / scale).abs()
+        sat = v > f.max_value
+        # v = x / 2**E is an fp32 operation (as in the CANN golden): below 2**-126 it rounds as an
+        # fp32 subnormal, and a tiny negative x can become -0.0 before the floor
+        underflow = v < 2.0 ** -126
+        assert bool(((deq <= xt.double()) | sat | underflow).all())
     # storage round trip is lossless
     enc = MX.mx_encode(r.values, f)
     assert torch.equal(MX.mx_decode(enc, f, x.shape[-1]), r.values)
@@ -63,7 +69,7 @@ def test_mx_rule0_never_saturates_fp8_and_fp4_block_max_in_range(x):
     for f in (E4M3, E2M1):
         r = MX.mx_quantize(xt, f, "rint", 0)
         blocks = MX.block_view(r.values.abs(), 32).amax(-1)
-        nz = blocks > 0
+        nz = (blocks > 0) & (r.exponents > -127)  # E clamped at -127 (tiny amax) scales below 2**emax
         assert bool((blocks[nz] >= 2.0 ** f.emax).all())
 
 
@@ -75,8 +81,13 @@ def test_int8_dynamic_error_bound(x):
     deq = q.double() * s.double().unsqueeze(-1)
     amax = xt.double().abs().amax(-1, keepdim=True)
     err = (xt.double() - deq).abs()
-    # |x - q*s| <= s/2 plus the fp32 rounding of x*inv and of s (a few ulps of amax)
-    assert bool((err <= s.double().unsqueeze(-1) / 2 + 4e-7 * amax + 1e-45).all())
+    # |x - q*s| <= s/2 plus the fp32 rounding of x*inv and of s (a few ulps of amax).  Rows whose
+    # amax is so small that s = amax * fp32(1/127) is an fp32 subnormal lose that precision (at
+    # amax = 2**-149, 127 / amax overflows to inf and s underflows to 0, as the kernel formula does):
+    # there the error is only bounded by amax.
+    tiny = amax < 2.0 ** -126 * 127
+    bound = torch.where(tiny, amax, s.double().unsqueeze(-1) / 2 + 4e-7 * amax)
+    assert bool((err <= bound).all())
     assert int(q.abs().max()) <= 127
 
 

@@ -26,6 +26,8 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 "${PIP[@]}" --no-deps "vllm==0.33.0" "xgrammar==0.2.8" "apache-tvm-ffi" "llguidance>=1.7.0,<1.8.0"
 "${PIP[@]}" regex psutil pyzmq urllib3 cbor2 aiohttp requests oss-harmony openai pillow pybase64 cachetools \
     msgspec cloudpickle uvloop py-cpuinfo prometheus_client fastapi partial-json-parser "compressed-tensors==0.17.0" einops
+# 5. torchao: a second independent MX implementation for tests/numerics (its wheel does not pin torch)
+"${PIP[@]}" "torchao==0.18.0"
 
 # sanity: the installed torch is still 2.13.0 and vLLM's linear layers import on CPU
 "$VPY" - <<'PY'

@@ -179,6 +179,8 @@ _SIM = "emulated on CPU against CANN reference semantics (npu-sim)"
 _DOC = "documented only"
 _CUDA_DOC = "documented only (cuda_mirror.md section 4; CUDA backend tests decide)"
 _CPU = "tested on CPU"
+_SM90 = ("tested on an H200 (SM90): tests/backends/cuda -m gpu, quantizer bytes and outputs vs the reference, "
+         "2026-11-21")
 
 _NPU_INT8 = {
     "w8a8_dynamic": "npu_dynamic_quant + per-token npu_quant_matmul (int8 weight, FRACTAL_NZ)",
@@ -231,7 +233,7 @@ def _build_table() -> dict[tuple[str, str], CapRow]:
                     why += " (CUTLASS int8 unsupported on cc>=10.0; Triton int8 untested on SM100)"
                 if fam == "sm120":
                     why += " (SM120 unverified)"
-                t[(s, fam)] = CapRow("cuda", mode, why, _CUDA_DOC)
+                t[(s, fam)] = CapRow("cuda", mode, why, _SM90 if fam == "sm90" else _CUDA_DOC)
             elif fam == "sm100":
                 t[(s, fam)] = CapRow("cuda", "native", "native MX tensor cores (MXFP8/MXFP4 block-32 scaled MMA); "
                                      "dual-scale per 512-chunk + fp32 combine (untested)", _CUDA_DOC)
@@ -240,7 +242,8 @@ def _build_table() -> dict[tuple[str, str], CapRow]:
                                      "accumulation); SM120 unverified", _CUDA_DOC)
             else:
                 t[(s, fam)] = CapRow("cuda", "exact fallback", "no MX tensor cores: Triton emulated-exact MX GEMM (exact "
-                                     "FP8/FP4 x E8M0 operands, fp32 accumulation; dual-scale per 512-chunk)", _CUDA_DOC)
+                                     "FP8/FP4 x E8M0 operands, fp32 accumulation; dual-scale per 512-chunk)",
+                                     _SM90 if fam == "sm90" else _CUDA_DOC)
         t[(s, "cpu")] = CapRow("reference", "native", "exact PyTorch reference (fp32 / exact int32 accumulation)", _CPU)
     return t
 

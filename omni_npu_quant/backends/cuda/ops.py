@@ -13,6 +13,7 @@ import torch
 import triton
 
 from ...numerics.constants import E2M1, E4M3, ElemFormat
+from . import decode as _decode
 from . import kernels as K
 
 _ROUND = {"rint": 0, "round": 1, "floor": 2}
@@ -198,11 +199,15 @@ def int8_gemm(q: torch.Tensor, w: torch.Tensor, out_dtype, *, sx=None, ws=None, 
 
 
 def mx_gemm(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt: ElemFormat, w_fmt: ElemFormat, *, bias=None, l0x=None, l0w=None):
+    """MX GEMM; M <= 16 may go to the split-K decode kernel (decode.py; policy: ``decode.enabled``)."""
     m = a_q.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_q.device)
     if m == 0:
         return out
     dual = l0x is not None
+    if m <= _decode.MAX_M and _decode.enabled(w_fmt is E2M1, n, kp):
+        return _decode.mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt is E2M1, w_fmt is E2M1, bias=bias,
+                                      l0x=l0x, l0w=l0w, pick=_pick, launch_opts=_launch_opts())
     mb = m_bucket(m)
     cands = [c for c in MX_TABLE[mb] if kp % c[2] == 0 and (not dual or 512 % c[2] == 0)] or [(16, 64, 64, 1, 4, 3)]
     af = "e2m1" if a_fmt is E2M1 else "e4m3"

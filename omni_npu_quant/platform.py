@@ -238,12 +238,15 @@ def _build_table() -> dict[tuple[str, str], CapRow]:
                 t[(s, fam)] = CapRow("cuda", "native", "native MX tensor cores (MXFP8/MXFP4 block-32 scaled MMA); "
                                      "dual-scale per 512-chunk + fp32 combine (untested)", _CUDA_DOC)
             elif fam == "sm120":
-                t[(s, fam)] = CapRow("cuda", "exact fallback", "Triton emulation of the MX GEMM (exact operands, fp32 "
-                                     "accumulation); SM120 unverified", _CUDA_DOC)
+                t[(s, fam)] = CapRow("cuda", "exact fallback", "MX kernels not validated on SM120 (99 KB shared "
+                                     "memory, no MXFP4 in torch._scaled_mm): exact reference math on the GPU", _CUDA_DOC)
+            elif fam == "sm90":
+                t[(s, fam)] = CapRow("cuda", "native", "Triton fused MX quantizer + tl.dot_scaled: no MX tensor cores on "
+                                     "SM90, operands upcast exactly to bf16 MMA (exact products, fp32 accumulation; "
+                                     "dual-scale per 512-chunk); weights stay 4/8-bit", _SM90)
             else:
-                t[(s, fam)] = CapRow("cuda", "exact fallback", "no MX tensor cores: Triton emulated-exact MX GEMM (exact "
-                                     "FP8/FP4 x E8M0 operands, fp32 accumulation; dual-scale per 512-chunk)",
-                                     _SM90 if fam == "sm90" else _CUDA_DOC)
+                t[(s, fam)] = CapRow("cuda", "exact fallback", "MX kernels not validated on this family: exact "
+                                     "reference math on the GPU", _CUDA_DOC)
         t[(s, "cpu")] = CapRow("reference", "native", "exact PyTorch reference (fp32 / exact int32 accumulation)", _CPU)
     return t
 

@@ -34,7 +34,9 @@ def test_table_complete_and_consistent():
     for s in ("mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual"):
         assert P.capability_row(s, "A5").mode == "native"
         assert P.capability_row(s, "A2").mode == P.capability_row(s, "A3").mode == "exact fallback"
-        assert P.capability_row(s, "sm90").mode == "exact fallback" and P.capability_row(s, "sm100").mode == "native"
+        # SM90: the Triton MX kernels (no MX tensor cores, exact bf16-upcast MMA) are CudaBackend's native path
+        assert P.capability_row(s, "sm90").mode == "native" and P.capability_row(s, "sm100").mode == "native"
+        assert P.capability_row(s, "sm80").mode == P.capability_row(s, "sm120").mode == "exact fallback"
     for s in ("w8a8_dynamic", "w8a8_static"):
         assert {P.capability_row(s, f).mode for f in ("A2", "A3", "A5", "sm80", "sm90")} == {"native"}
     assert P.capability_row("W4A4_MXFP4", "A5").mode == "native"  # msModelSlim labels work too

@@ -24,7 +24,7 @@ import torch
 
 from ...numerics import mx as MX
 from ...numerics.constants import DUAL_L0_BLOCK, E2M1, E4M3, MX_BLOCK
-from ...schemes.base import Scheme
+from ...schemes.base import Scheme, effective_mul_scale
 from ...schemes.int8 import W8A16, W8A8Dynamic, W8A8Static, effective_deq_scale
 from ...schemes.mx import MXFP4Dual, _MXBase
 from ..base import FALLBACK, NATIVE, UNSUPPORTED, Capability, LinearBackend, PreparedLinear
@@ -129,7 +129,7 @@ class CudaBackend(LinearBackend):
         dev = self.device
         t: dict = {}
         ms = tensors.get("mul_scale")
-        ms = None if ms is None else ms.to(dev, F32).contiguous()
+        ms = None if ms is None else effective_mul_scale(ms, act_dtype).to(dev).contiguous()
         bias = tensors.get("bias")
         t["bias"] = None if bias is None else bias.to(dev, F32).contiguous()
         if isinstance(scheme, W8A8Dynamic):

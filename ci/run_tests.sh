@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh || { echo "ci/setup.sh failed" >&2; exit 1; }
 export VLLM_TARGET_DEVICE=cpu
 export OMNI_NPU_QUANT_STRICT_DEPS=1  # a missing optional test dependency fails instead of skipping
-.venv/bin/python -m pytest tests -q -m "not gpu" -p no:cacheprovider "$@"
+# a private pytest temp root: no other pytest run on the machine can prune it mid-run
+.venv/bin/python -m pytest tests -q -m "not gpu" -p no:cacheprovider --basetemp=.pytest-tmp "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "pytest collected no tests: treating as a failure" >&2

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from ..schemes.base import Scheme
-from ..schemes.int8 import W8A8Static
 from ..schemes.mx import MXFP4Dual, _MXBase
 from ..schemes.registry import get_scheme
 from .collect import GroupStats, collect_stats

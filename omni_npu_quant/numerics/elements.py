@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from .bits import exponent_field, pow2
 from .constants import ROUND_MODES, ElemFormat
 
 __all__ = ["round_mantissa", "quantize_elements", "quantize_elements_"]

@@ -8,7 +8,7 @@ the compute in ``omni_npu_quant.backends``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch

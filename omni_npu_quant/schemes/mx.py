@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..numerics import E2M1, E4M3, ElemFormat
+from ..numerics import E2M1, E4M3
 from ..numerics import mx as MX
 from ..numerics.constants import DUAL_L0_BLOCK, E8M0_NAN, MX_BLOCK
 from ..numerics.e8m0 import code_to_exponent, exponent_to_code
@@ -90,6 +90,14 @@ class _MXBase(Scheme):
         from .base import apply_mul_scale
 
         return MX.mx_quantize(apply_mul_scale(x, mul_scale), self.act_fmt, self.act_round_mode, self.act_scale_alg)
+
+    def activation_storage(self, r) -> dict[str, torch.Tensor]:
+        """A quantized activation in the device op's output layout: ``x_q`` (FP8 or packed FP4),
+        ``x_scale`` E8M0 pairs (M, ceil(K/64), 2), and for dual-level ``x_l0`` fp32 (M, ceil(K/512))."""
+        if hasattr(r, "l0"):
+            return {"x_q": MX.mx_encode(r.values, E2M1), "x_l0": r.l0,
+                    "x_scale": MX.to_scale_pairs(exponent_to_code(r.exponents))}
+        return {"x_q": MX.mx_encode(r.values, self.act_fmt), "x_scale": MX.to_scale_pairs(r.codes)}
 
     def describe(self):
         return {**super().describe(), "act_round_mode": self.act_round_mode, "act_scale_alg": self.act_scale_alg}

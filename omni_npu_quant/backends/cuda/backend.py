@@ -23,7 +23,7 @@ import os
 import torch
 
 from ...numerics import mx as MX
-from ...numerics.constants import DUAL_L0_BLOCK, E2M1, E4M3, MX_BLOCK
+from ...numerics.constants import E2M1, E4M3, MX_BLOCK
 from ...schemes.base import Scheme, effective_mul_scale
 from ...schemes.int8 import W8A16, W8A8Dynamic, W8A8Static, effective_deq_scale
 from ...schemes.mx import MXFP4Dual, _MXBase

@@ -27,13 +27,13 @@ from ... import platform as P
 from ...numerics import mx as MX
 from ...numerics.bits import pow2
 from ...numerics.constants import ACL_FORMAT_FRACTAL_NZ, DUAL_L0_BLOCK, E2M1, E4M3, MX_BLOCK
-from ...numerics.e8m0 import code_to_exponent, exponent_to_code
+from ...numerics.e8m0 import code_to_exponent
 from ...numerics.gemm import mx_matmul
 from ...numerics.mx_dual import DualResult, dual_level_dequantize
 from ...schemes.base import Scheme, apply_mul_scale, effective_mul_scale
 from ...schemes.int8 import W8A16, W8A8Dynamic, W8A8Static, deq_scale_fp32
-from ...schemes.mx import MXFP4, MXFP8, MXFP4Dual, W4A8MXFP, _MXBase
-from ..base import FALLBACK, NATIVE, UNSUPPORTED, Capability, LinearBackend, PreparedLinear
+from ...schemes.mx import MXFP4, MXFP4Dual, W4A8MXFP, _MXBase
+from ..base import FALLBACK, UNSUPPORTED, Capability, LinearBackend, PreparedLinear
 
 __all__ = ["NpuBackend", "NpuPrepareError"]
 
@@ -275,11 +275,7 @@ class NpuBackend(LinearBackend):
                                              scale_alg=s.act_scale_alg)
             return {"x_q": q, "x_scale": sc}
         # A2/A3: no MX quantizer on the device; the fake-quantizer is the numerics rule run in torch
-        r = s.quantize_activation(x, t["mul_scale"])
-        if isinstance(r, DualResult):
-            return {"x_q": MX.mx_encode(r.values, E2M1), "x_l0": r.l0,
-                    "x_scale": MX.to_scale_pairs(exponent_to_code(r.exponents))}
-        return {"x_q": MX.mx_encode(r.values, s.act_fmt), "x_scale": MX.to_scale_pairs(r.codes)}
+        return s.activation_storage(s.quantize_activation(x, t["mul_scale"]))
 
     # ---- apply ----------------------------------------------------------------------
     def apply(self, p: PreparedLinear, x: torch.Tensor, *, add_bias: bool = True) -> torch.Tensor:

@@ -15,10 +15,7 @@ import torch
 
 from ...numerics import int8 as I
 from ...numerics import mx as MX
-from ...numerics.constants import E2M1, E4M3
-from ...numerics.e8m0 import exponent_to_code
 from ...numerics.gemm import dual_level_matmul, mx_matmul
-from ...numerics.mx_dual import DualResult
 from ...schemes.base import Scheme, apply_mul_scale, effective_mul_scale
 from ...schemes.int8 import W8A16, W8A8Dynamic, W8A8Static, effective_deq_scale
 from ...schemes.mx import MXFP4Dual, _MXBase
@@ -78,11 +75,7 @@ class ReferenceBackend(LinearBackend):
             return {"x_q": I.static_quant_int8(x, t["act_scale"], t["act_offset"])}
         if isinstance(s, W8A16):
             return {}
-        r = s.quantize_activation(x, t["mul_scale"])
-        if isinstance(r, DualResult):
-            return {"x_q": MX.mx_encode(r.values, E2M1), "x_l0": r.l0,
-                    "x_scale": MX.to_scale_pairs(exponent_to_code(r.exponents))}
-        return {"x_q": MX.mx_encode(r.values, s.act_fmt), "x_scale": MX.to_scale_pairs(r.codes)}
+        return s.activation_storage(s.quantize_activation(x, t["mul_scale"]))
 
     # ------------------------------------------------------------------------------------
     def apply(self, p: PreparedLinear, x: torch.Tensor, *, add_bias: bool = True) -> torch.Tensor:

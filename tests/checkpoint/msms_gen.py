@@ -80,6 +80,20 @@ def write_config(path: Path, scheme: str, saver: str = "ascendv1_saver", part_fi
 
 
 def quantize(model_dir: Path, out_dir: Path, config: Path) -> Path:
+    """Run msModelSlim in process; in a fresh subprocess when torch.distributed is already initialized
+    in this process (e.g. by the vLLM plugin tests): msModelSlim then switches to its multi-rank saver
+    layout (``out/rank_0``) and fails."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import subprocess
+        import sys
+
+        code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[4]); import msms_gen; "
+                "msms_gen.quantize(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))")
+        subprocess.run([sys.executable, "-c", code, str(model_dir), str(out_dir), str(config), str(Path(__file__).parent)],
+                       check=True)
+        return out_dir
     import msmodelslim.cli.naive_quantization.__main__ as nq
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

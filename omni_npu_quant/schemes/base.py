@@ -8,6 +8,7 @@ the compute in ``omni_npu_quant.backends``.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -47,7 +48,7 @@ def ceil_div(a: int, b: int) -> int:
 
 
 @dataclass
-class Scheme:
+class Scheme(abc.ABC):
     """Base class.  Subclasses set ``name`` / ``label`` and implement the hooks."""
 
     name: ClassVar[str] = ""
@@ -58,8 +59,9 @@ class Scheme:
     smooth_fused: ClassVar[bool] = False
 
     # ---- storage ----------------------------------------------------------------------
+    @abc.abstractmethod
     def tensor_specs(self, n: int, k: int, *, has_bias: bool = False) -> list[TensorSpec]:
-        raise NotImplementedError
+        """The stored tensors of an (N, K) layer."""
 
     def specs_for(self, tensors: dict[str, torch.Tensor], n: int, k: int) -> list[TensorSpec]:
         """The specs that apply to this tensor set (per-group schemes read the group count)."""
@@ -111,12 +113,13 @@ class Scheme:
                 raise SchemeValidationError(f"{loc}tensor 'mul_scale' must be finite and > 0 everywhere")
 
     # ---- quantization -----------------------------------------------------------------
+    @abc.abstractmethod
     def quantize_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None, **calib) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Float (N, K) weight (+ optional bias and calibration data) -> tensor set."""
 
+    @abc.abstractmethod
     def dequantize_weight(self, tensors: dict[str, torch.Tensor], k: int | None = None) -> torch.Tensor:
         """fp32 (N, K) weight that the stored tensors represent (exact where the format is)."""
-        raise NotImplementedError
 
     # ---- reference semantics ----------------------------------------------------------
     def forward(self, x: torch.Tensor, tensors: dict[str, torch.Tensor], *, add_bias: bool = True) -> torch.Tensor:

@@ -33,6 +33,18 @@ P2M63 = tl.constexpr(2.0 ** -63)
 # scalar helpers (inlined)
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (tile row, tile column), GROUP_M row tiles per column sweep (L2 reuse)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    gsz = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % group) % gsz, (pid % group) // gsz
+
+
+@triton.jit
 def _pow2(e):
     """Exact fp32 2**e for int32 e in [-126, 127]."""
     return ((e + 127) << 23).to(tl.float32, bitcast=True)
@@ -292,15 +304,7 @@ def int8_gemm_kernel(a_ptr, w_ptr, out_ptr, sx_ptr, ws_ptr, bias_ptr, qb_ptr, de
     MODE 0 (dynamic): out = sum_g fp32(acc_g) * ws[n, g]  (left to right), then * sx[m], + bias[n].
     MODE 1 (static):  out = fp32(acc + quant_bias[n]) * deq[n]   (quant_bias only if HAS_BIAS).
     """
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * num_n
-    gid = pid // group
-    first_m = gid * GROUP_M
-    gsz = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % gsz
-    pid_n = (pid % group) // gsz
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -347,15 +351,7 @@ def mx_gemm_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, bias_ptr, l0x_ptr, l0w
     (N, Kp/32).  DUAL: each 512-chunk accumulates into its own fp32 partial, then
     out += partial * l0x[m, c] * l0w[n, c] (numerics.gemm.dual_level_matmul).
     """
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * num_n
-    gid = pid // group
-    first_m = gid * GROUP_M
-    gsz = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % group) % gsz
-    pid_n = (pid % group) // gsz
+    pid_m, pid_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = rm < M

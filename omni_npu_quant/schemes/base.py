@@ -82,6 +82,9 @@ class Scheme(abc.ABC):
             n0, k0 = self.infer_shape(tensors)
             n = n if n is not None else n0
             k = k if k is not None else k0
+        bad = self.shape_problem(n, k)
+        if bad:
+            raise SchemeValidationError(f"{loc}{bad}")
         specs = {s.name: s for s in self.specs_for(tensors, n, k)}
         for name, spec in specs.items():
             t = tensors.get(name)
@@ -111,6 +114,18 @@ class Scheme(abc.ABC):
             msf = ms.float()
             if not bool(torch.isfinite(msf).all()) or not bool((msf > 0).all()):
                 raise SchemeValidationError(f"{loc}tensor 'mul_scale' must be finite and > 0 everywhere")
+
+    # ---- shape rules ------------------------------------------------------------------
+    k_multiple: ClassVar[int] = 1  # K (per tensor-parallel rank) must be a multiple of this
+
+    def shape_problem(self, n: int, k: int) -> str | None:
+        """Why this scheme cannot store an (N, K) linear, or None.  The one K rule of the scheme:
+        the reader, the torch runtime, the vLLM methods, calibration and every kernel ask here."""
+        if k <= 0 or n <= 0:
+            return f"{self.name} needs N, K > 0, got N={n}, K={k}"
+        if k % self.k_multiple:
+            return f"{self.name} needs K a multiple of {self.k_multiple}, got K={k}"
+        return None
 
     # ---- quantization -----------------------------------------------------------------
     @abc.abstractmethod

@@ -36,6 +36,7 @@ class _MXBase(Scheme):
 
     weight_fmt = E2M1
     act_fmt = E2M1
+    k_multiple = MX_BLOCK  # whole E8M0 blocks only (calibrate, the reader, vLLM and every kernel agree)
 
     def weight_storage_spec(self, n, k) -> TensorSpec:
         if self.weight_fmt is E2M1:
@@ -141,6 +142,7 @@ class MXFP4Dual(_MXBase):
     weight_bits = 4
     smooth_fused = True
     act_round_mode: str = "rint"
+    k_multiple = DUAL_L0_BLOCK
 
     def tensor_specs(self, n, k, *, has_bias=False):
         specs = super().tensor_specs(n, k, has_bias=has_bias)
@@ -150,8 +152,6 @@ class MXFP4Dual(_MXBase):
 
     def check_values(self, tensors, n, k, loc):
         super().check_values(tensors, n, k, loc)
-        if k % DUAL_L0_BLOCK:
-            raise SchemeValidationError(f"{loc}dual-scale MXFP4 needs K a multiple of {DUAL_L0_BLOCK}, got K={k}")
         ds = tensors["weight_dual_scale"].float()
         if not bool(torch.isfinite(ds).all()) or bool((ds < 0).any()):
             raise SchemeValidationError(f"{loc}tensor 'weight_dual_scale' must be finite and >= 0")

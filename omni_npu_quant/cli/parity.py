@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     run.add_argument("--no-plot", action="store_true", help="do not write parity.png")
     run.add_argument("--fail-on", choices=("smoke", "strict"), help="exit 1 if this tier's thresholds are not met")
     run.add_argument("--out", required=True, metavar="DIR", help="output directory (parity.json, parity.md, parity.png)")
-    run.add_argument("-q", "--quiet", action="store_true")
+    # -q/--quiet and --verbose are global flags of omni-npu-quant (cli/main.py)
 
 
 def run(args: argparse.Namespace) -> int:

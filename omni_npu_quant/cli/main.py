@@ -62,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         _add_global_flags(p, top=False)
     args = parser.parse_args(argv)
     _quiet.configure(verbose=args.verbose, quiet=args.quiet)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except ValueError as e:  # a bad OMNI_NPU_QUANT_NPU_SIM is a usage error: one line, exit 2, no traceback
+        sim = sys.modules.get("omni_npu_quant.npu_sim")
+        if sim is None or not isinstance(e, sim.NpuSimEnvError):
+            raise
+        print(f"omni-npu-quant: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,8 +6,12 @@ without MX kernels (A2/A3) raises the analogue of CANN's ``ACLNN_ERR_RUNTIME_ERR
 and dual-level ops; a bad argument raises ``NpuSimError`` ("161002 param invalid"), so a wrong call
 in a backend fails on CPU exactly where it would fail on an Atlas machine.
 
-Storage formats: ``npu_format_cast`` returns a new tensor object (sharing storage) tagged with
-the format in ``_npu_format``; views made afterwards lose the tag, as A5 forbids views of NZ tensors.
+Storage formats: ``npu_format_cast`` returns a new tensor (a copy, as the real op returns a tensor in
+the new storage format) whose format is recorded on its *storage* (the ``UntypedStorage`` Python
+object, which PyTorch keeps alive exactly as long as the storage), keyed by the tensor's layout
+(storage offset, shape, strides, dtype).  So ``param.data = npu_format_cast(w, 29)`` and
+``nn.Parameter(nz)`` keep FRACTAL_NZ, the record dies with the storage, and views made afterwards
+(other strides or shape) read ND, as A5 forbids views of NZ tensors.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from ..numerics.e8m0 import code_to_exponent, exponent_to_code
 from ..numerics.fp4 import encode_e2m1, pack_fp4
 from ..numerics.fp8 import encode_e4m3
 from ..numerics.gemm import dual_level_matmul, mx_matmul
+from ..numerics.int4 import INT4_PER_INT32, pack_int4, unpack_int4
 from ..numerics.mx_dual import dual_level_quantize
 from .profiles import SocProfile
 
@@ -29,7 +34,7 @@ __all__ = ["NpuSimError", "NpuSimOps", "MAX_LAST_DIM"]
 
 F32, BF16, FP16 = torch.float32, torch.bfloat16, torch.float16
 MAX_LAST_DIM = 65535
-_SCALAR_TYPES = {15: BF16, 5: FP16, 6: F32, 3: torch.int32, 1: torch.int8, 0: torch.uint8}
+_SCALAR_TYPES = {15: BF16, 5: FP16, 6: F32, 3: torch.int32, 1: torch.int8, 0: torch.uint8, 16: torch.quint4x2}
 
 
 class NpuSimError(RuntimeError):
@@ -62,8 +67,31 @@ def _kind(d) -> str:
 _KIND_TO_DTYPE = {"bf16": BF16, "fp16": FP16, "fp32": F32, "int8": torch.int8, "int32": torch.int32}
 
 
+_FORMATS_ATTR = "_omni_npu_sim_formats"  # {layout key: acl format} on the UntypedStorage object
+
+
+def _layout_key(t: torch.Tensor) -> tuple:
+    return (t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
 def _fmt(t: torch.Tensor) -> int:
-    return getattr(t, "_npu_format", ACL_FORMAT_ND)
+    try:
+        tags = getattr(t.untyped_storage(), _FORMATS_ATTR, None)
+    except (RuntimeError, NotImplementedError):  # tensors without a storage (meta/fake): base format
+        return ACL_FORMAT_ND
+    return tags.get(_layout_key(t), ACL_FORMAT_ND) if tags else ACL_FORMAT_ND
+
+
+def _set_fmt(t: torch.Tensor, acl_format: int) -> None:
+    st = t.untyped_storage()
+    tags = getattr(st, _FORMATS_ATTR, None)
+    if tags is None:
+        tags = {}
+        setattr(st, _FORMATS_ATTR, tags)
+    if acl_format == ACL_FORMAT_ND:
+        tags.pop(_layout_key(t), None)
+    else:
+        tags[_layout_key(t)] = int(acl_format)
 
 
 def _is_t(t: torch.Tensor, a: int = -2, b: int = -1):
@@ -72,6 +100,21 @@ def _is_t(t: torch.Tensor, a: int = -2, b: int = -1):
     if t.dim() < 2 or t.shape[a] == 1 or t.shape[b] == 1:
         return None
     return t.stride(a) < t.stride(b)
+
+
+def _opplugin_transposed(t: torch.Tensor) -> bool:
+    """op-plugin ``is_transpose_last_two_dims``: the last two dims are a transpose view of a contiguous tensor."""
+    if not 2 <= t.dim() <= 6:
+        return False
+    d1, d2 = t.dim() - 1, t.dim() - 2
+    if not (t.stride(d2) == 1 and t.stride(d1) == t.size(d2)):
+        return False
+    prod = t.size(d1) * t.size(d2)
+    for b in range(t.dim() - 3, -1, -1):
+        if t.stride(b) != prod:
+            return False
+        prod *= t.size(b)
+    return not (t.size(d1) == 1 and t.size(d2) == 1)
 
 
 def _same_t(p, q) -> bool:
@@ -186,7 +229,9 @@ class NpuSimOps:
         k = x1.shape[-1]
         w_nk = self._x2_nk(op, x2, k)
         n = w_nk.shape[0]
-        out_kind = "fp16" if output_dtype is None else _kind(output_dtype)
+        # output_dtype=None means int8 (torch-npu wheel 2.14.0: torch_npu/_op_plugin_docs.py, npu_quant_matmul:
+        # "默认值为None, 代表输出Tensor数据类型为int8"; op-plugin QuantMatmulKernelNpuOpApi.cpp allocates kChar)
+        out_kind = "int8" if output_dtype is None else _kind(output_dtype)
         _need(out_kind in ("fp16", "bf16", "int8", "int32"), op, f"output_dtype {output_dtype} not supported for int8")
         sk = _kind(scale.dtype)
         _need(sk != "fp16", op, "Tensor scale not implemented for DT_FLOAT16")
@@ -198,15 +243,21 @@ class NpuSimOps:
         if bias is not None:
             _need(bias.dim() == 1 and bias.shape[0] == n, op, f"bias must be ({n},), got {list(bias.shape)}")
         if pertoken_scale is not None:
-            _need(out_kind in ("fp16", "bf16"), op, "pertoken_scale needs float16/bfloat16 output")
+            _need(out_kind in ("fp16", "bf16"), op,
+                  "pertoken_scale needs float16/bfloat16 output" + (" (output_dtype=None means int8)"
+                                                                    if output_dtype is None else ""))
             _need(pertoken_scale.dtype == F32, op, f"pertoken_scale must be float32, got {pertoken_scale.dtype}")
-            _need(pertoken_scale.numel() == a.shape[0] and pertoken_scale.dim() == x1.dim() - 1, op,
-                  f"pertoken_scale must be {list(lead)}, got {list(pertoken_scale.shape)}")
+            # 1-D (m,), m = x1's m (torch-npu wheel 2.14.0 docstring: "shape需要是1维(m,), 其中m与x1的m一致");
+            # for batched x1 (..., m, k) the same m scales are applied to every batch (our reading)
+            m = x1.shape[-2]
+            _need(pertoken_scale.dim() == 1 and pertoken_scale.shape[0] == m, op,
+                  f"pertoken_scale must be 1-D ({m},) (m of x1 {list(x1.shape)}), got {list(pertoken_scale.shape)}")
             _need(sk == "fp32" or (sk == "bf16" and out_kind == "bf16"), op,
                   f"scale dtype {scale.dtype} not allowed with pertoken_scale and {out_kind} output")
             _need(bk in (None, "int32", "bf16", "fp32", "fp16"), op, f"bias dtype {bias.dtype if bias is not None else None}")
             v = acc + bias if bk == "int32" else acc
-            out = v.to(F32) * scale.to(F32) * pertoken_scale.reshape(-1, 1)
+            per_row = pertoken_scale.to(F32).repeat(a.shape[0] // m).reshape(-1, 1)
+            out = v.to(F32) * scale.to(F32) * per_row
             if bk in ("bf16", "fp32", "fp16"):
                 out = out + bias.to(F32)
             return out.to(_KIND_TO_DTYPE[out_kind]).reshape(*lead, n)
@@ -286,9 +337,11 @@ class NpuSimOps:
               f"scale must be uint8 ({npairs}, {n}, 2), got {scale.dtype} {list(scale.shape)}")
         _need(_same_t(_is_t(pertoken_scale, -3, -2), _is_t(x1)), op, "x1 and pertoken_scale must have the same transposition")
         _need(_same_t(_is_t(scale, -3, -2), _is_t(x2)), op, "x2 and scale must have the same transposition")
-        out_kind = "bf16" if output_dtype is None else _kind(output_dtype)
+        out_kind = "int8" if output_dtype is None else _kind(output_dtype)  # None = int8, as in every mode
         _need(out_kind in (("bf16", "fp16") if w4a8 else ("bf16", "fp16", "fp32")), op,
-              f"output_dtype {output_dtype} not supported in this MX mode")
+              f"output_dtype {output_dtype} not supported in this MX mode"
+              + (" (output_dtype=None means int8; pass output_dtype=torch.bfloat16 / float16)"
+                 if output_dtype is None else ""))
         out_dtype = _KIND_TO_DTYPE[out_kind]
         if bias is not None:
             if w4a8:
@@ -383,13 +436,32 @@ class NpuSimOps:
 
     # ---- 3.8 ------------------------------------------------------------------------
     def npu_format_cast(self, input, acl_format, *, customize_dtype=None, input_dtype=None):
-        _need(acl_format in (0, 2, 3, ACL_FORMAT_FRACTAL_NZ), "npu_format_cast", f"unknown format {acl_format}")
-        out = input.view(input.shape)
-        out._npu_format = ACL_FORMAT_ND if input.dim() < 2 else int(acl_format)
+        """A copy of ``input`` in storage format ``acl_format`` (values and logical shape unchanged)."""
+        fmt = self._check_format("npu_format_cast", input, acl_format)
+        out = input.clone(memory_format=torch.contiguous_format)
+        _set_fmt(out, fmt)
         return out
 
+    def npu_format_cast_(self, input, acl_format, *, customize_dtype=None, input_dtype=None):
+        """In place: ``input`` now reports ``acl_format`` (or the format of a tensor ``acl_format``)."""
+        if isinstance(acl_format, torch.Tensor):
+            acl_format = _fmt(acl_format)
+        fmt = self._check_format("npu_format_cast_", input, acl_format)
+        _set_fmt(input, fmt)
+        return input
+
+    @staticmethod
+    def _check_format(op: str, input, acl_format) -> int:
+        _need(isinstance(input, torch.Tensor), op, f"input must be a Tensor, got {type(input).__name__}")
+        _need(isinstance(acl_format, int) and acl_format in (0, 2, 3, ACL_FORMAT_FRACTAL_NZ), op,
+              f"unknown format {acl_format!r} (emulated: 0 NCHW, 2 ND, 3 NC1HWC0, 29 FRACTAL_NZ)")
+        return ACL_FORMAT_ND if input.dim() < 2 else int(acl_format)  # 1-D tensors stay ND
+
     def get_npu_format(self, input):
-        return _fmt(input)
+        """The storage format as ``torch_npu.Format`` (an IntEnum, so it compares equal to the int)."""
+        from ._module import Format
+
+        return Format(_fmt(input))
 
     # ---- 3.9 ------------------------------------------------------------------------
     def npu_weight_quant_batchmatmul(self, x, weight, antiquant_scale, antiquant_offset=None, quant_scale=None,
@@ -398,7 +470,8 @@ class NpuSimOps:
         op = "npu_weight_quant_batchmatmul"
         _need(x.dtype in (FP16, BF16), op, f"x must be float16/bfloat16, got {x.dtype}")
         if weight.dtype == torch.int32 or weight_dtype is not None:
-            raise NotImplementedError(f"{op}: int4 weights are not emulated")
+            return self._wqbmm_int4(x, weight, antiquant_scale, antiquant_offset, quant_scale, quant_offset, bias,
+                                    antiquant_group_size, inner_precise, weight_dtype)
         _need(weight.dtype == torch.int8 and weight.dim() == 2, op, f"weight must be 2-D int8 (k, n), got {weight.dtype}")
         _need(quant_scale is None and quant_offset is None, op, "quant_scale/quant_offset (int8 output) are not emulated")
         _need(weight.is_contiguous() or _is_t(weight) is not False, op, "weight must be contiguous, NZ or a transpose view")
@@ -435,6 +508,137 @@ class NpuSimOps:
         lead = x.shape[:-1]
         out = mx_matmul(x.reshape(-1, k).to(F32), w.transpose(0, 1), None if bias is None else bias.reshape(-1))
         return out.to(x.dtype).reshape(*lead, n)
+
+    def _wqbmm_int4(self, x, weight, antiquant_scale, antiquant_offset, quant_scale, quant_offset, bias, group_size,
+                    inner_precise, weight_dtype):
+        """int4 weights carried in int32 (8 per int32, ``npu_convert_weight_to_int4pack``): A16W4.
+
+        Contract: torch-npu wheel 2.14.0 ``torch_npu/_op_plugin_docs.py`` (npu_weight_quant_batchmatmul,
+        npu_convert_weight_to_int4pack); hicann/ops-nn ``aclnnWeightQuantBatchMatmulV2`` (A2/A3 constraints).
+        Numerics: the CANN reference golden (hicann/ops-nn
+        ``matmul/weight_quant_batch_matmul_v2/tests/assets/wqbmmv2_kernel_golden.py``): the dequantized weight
+        ``(w + offset) * scale`` is rounded to x's dtype after the add and after the multiply, the matmul
+        accumulates in fp32, bias is added in fp32, then one cast to x's dtype.
+        """
+        op = "npu_weight_quant_batchmatmul"
+        if weight_dtype is not None:
+            _need(_kind(weight_dtype) == "int4", op,
+                  f"weight_dtype must be None or torch.quint4x2 (int4 in int32), got {weight_dtype}")
+        _need(weight.dtype == torch.int32, op,
+              f"int4 weights are int32 holding 8 int4 each (npu_convert_weight_to_int4pack), got {weight.dtype}")
+        _need(x.dim() == 2, op, f"x must be 2-D (M, K), got {x.dim()}-D {list(x.shape)}")
+        _need(weight.dim() == 2, op, f"weight must be 2-D, got {weight.dim()}-D {list(weight.shape)}")
+        if quant_scale is not None or quant_offset is not None:
+            raise NotImplementedError(f"{op}: quant_scale/quant_offset (int8 output) are not emulated")
+        _need(inner_precise in (0, 1), op, f"inner_precise must be 0 (high precision) or 1, got {inner_precise!r}")
+        nz = _fmt(weight) == ACL_FORMAT_FRACTAL_NZ
+        trans = _opplugin_transposed(weight)
+        if trans:  # (K/8, N) transpose view of a contiguous (N, K/8): packed along K
+            _need(weight.shape[0] != 1, op, f"an int4 weight of shape {list(weight.shape)} with transpose is not "
+                                            f"supported (the x and weight K would not match); use a float matmul")
+            k, n = INT4_PER_INT32 * weight.shape[0], weight.shape[1]
+        else:
+            _need(weight.is_contiguous(), op, "int4 weight must be contiguous (k, n/8), FRACTAL_NZ, or the transpose "
+                                              "view (k/8, n) of a contiguous (n, k/8)")
+            k, n = weight.shape[0], INT4_PER_INT32 * weight.shape[1]
+        _need(x.shape[1] == k, op, f"x has K={x.shape[1]} but the int4 weight {list(weight.shape)} "
+                                   f"({'transposed, ' if trans else ''}8 int4 per int32) holds K={k}, N={n}")
+        _need(1 <= k <= MAX_LAST_DIM and 1 <= n <= MAX_LAST_DIM, op, f"K={k} and N={n} must lie in [1, {MAX_LAST_DIM}]")
+        _need(x.shape[0] >= 1, op, "x must not be empty (M >= 1)")
+        # scales / offsets: dtype of x; int64 scales and int32 offsets exist only for int8 weights
+        _need(antiquant_scale.dtype == x.dtype, op,
+              f"antiquant_scale dtype {antiquant_scale.dtype} must equal x dtype {x.dtype} for int4 weights "
+              f"(int64 antiquant_scale needs an int8 weight)")
+        gs = int(group_size)
+        shape = tuple(antiquant_scale.shape)
+        if gs:
+            _need(gs % 32 == 0 and 32 <= gs <= k - 1, op,
+                  f"antiquant_group_size must be a multiple of 32 in [32, K-1 = {k - 1}], got {gs}")
+            g = -(-k // gs)
+            _need(shape == (g, n), op, f"per-group antiquant_scale must be (ceil(K/group) = {g}, N = {n}), got {list(shape)}")
+            mode = "per-group"
+        elif shape in ((1,), (1, 1)):
+            mode = "per-tensor"
+        else:
+            _need(shape in ((n,), (1, n)), op, f"antiquant_scale must be (1,) / (1, 1) per-tensor, ({n},) / (1, {n}) "
+                                               f"per-channel, or (ceil(K/group), {n}) with antiquant_group_size; "
+                                               f"got {list(shape)}")
+            mode = "per-channel"
+        if antiquant_offset is not None:
+            _need(antiquant_offset.dtype == antiquant_scale.dtype, op,
+                  f"antiquant_offset dtype {antiquant_offset.dtype} must equal antiquant_scale dtype "
+                  f"{antiquant_scale.dtype} (int32 offsets need an int64 scale and an int8 weight)")
+            _need(tuple(antiquant_offset.shape) == shape, op,
+                  f"antiquant_offset shape {list(antiquant_offset.shape)} must equal antiquant_scale shape {list(shape)}")
+        if nz:
+            if mode == "per-group":
+                _need(not trans and gs in (64, 128) and k % gs == 0 and n % 64 == 0, op,
+                      f"FRACTAL_NZ int4 weight, per-group: weight not transposed, antiquant_group_size 64 or 128, "
+                      f"K % group == 0, N % 64 == 0 (got transposed={trans}, group={gs}, K={k}, N={n})")
+            elif mode == "per-channel":
+                _need(trans, op, "FRACTAL_NZ int4 weight, per-channel: the weight must be transposed")
+            else:
+                _need(False, op, "FRACTAL_NZ int4 weight supports per-channel and per-group only, not per-tensor")
+        if bias is not None:
+            want = F32 if x.dtype == BF16 else FP16
+            _need(bias.dtype == want, op, f"bias must be {want} for {x.dtype} x, got {bias.dtype}")
+            _need(tuple(bias.shape) in ((n,), (1, n)), op, f"bias must be ({n},) or (1, {n}), got {list(bias.shape)}")
+
+        w = unpack_int4(weight.transpose(0, 1).contiguous() if trans else weight)  # (N, K) or (K, N) int values
+        w = (w.transpose(0, 1) if trans else w).to(F32)  # (K, N)
+
+        def rows(t):  # scale / offset -> (K, N) fp32
+            t = t.to(F32)
+            if mode == "per-group":
+                return t.repeat_interleave(gs, dim=0)[:k]
+            return t.reshape(1, -1).expand(k, n)
+
+        def rnd(t):  # the golden's truncate(): round to x's dtype and back
+            return t.to(x.dtype).to(F32)
+
+        if antiquant_offset is not None:
+            w = rnd(w + rows(antiquant_offset))
+        w = rnd(w * rows(antiquant_scale))
+        out = mx_matmul(x.to(F32), w.transpose(0, 1), None if bias is None else bias.reshape(-1))
+        return out.to(x.dtype)
+
+    # ---- 3.10 -----------------------------------------------------------------------
+    def npu_convert_weight_to_int4pack(self, weight, inner_k_tiles=0):
+        """int32 (k, n) / (n, k) holding int4 values in [-8, 7] -> int32 (k, n/8) / (n, k/8), 8 per int32.
+
+        torch-npu wheel 2.14.0 ``torch_npu/_op_plugin_docs.py``: input int32, ND or FRACTAL_NZ, contiguous, 2-D,
+        last dim % 8 == 0, values in [-8, 7]; ``inner_k_tiles`` reserved; output int32 ND.  Packing: element i of 8
+        at bits [4i, 4i+4), LSB first (``numerics.int4``).  An NZ input gives an NZ-tagged output (op-plugin
+        ``ConvertWeightToINT4PackKernelNpuOpApi.cpp``).  On A5 op-plugin also packs fp32 tensors holding FP4
+        E2M1 values (output: fp32 tensor carrying the packed bits); the emulator accepts exact E2M1 values only.
+        """
+        op = "npu_convert_weight_to_int4pack"
+        _need(isinstance(weight, torch.Tensor), op, f"weight must be a Tensor, got {type(weight).__name__}")
+        _need(isinstance(inner_k_tiles, int) and not isinstance(inner_k_tiles, bool), op,
+              f"inner_k_tiles must be an int (reserved), got {inner_k_tiles!r}")
+        _need(weight.dim() == 2, op, f"weight must be 2-D (k, n) or (n, k), got {weight.dim()}-D {list(weight.shape)}")
+        _need(weight.is_contiguous(), op, "weight must be contiguous (non-contiguous tensors are not supported)")
+        _need(weight.numel() > 0, op, f"weight must not be empty, got {list(weight.shape)}")
+        _need(weight.shape[-1] % INT4_PER_INT32 == 0, op,
+              f"the last dim of weight must be a multiple of 8, got {list(weight.shape)}")
+        if weight.dtype == torch.int32:
+            lo, hi = int(weight.min()), int(weight.max())
+            _need(-8 <= lo and hi <= 7, op, f"weight values must lie in the int4 range [-8, 7], got [{lo}, {hi}]")
+            out = pack_int4(weight)
+        elif weight.dtype == F32:
+            _need(self.profile.name == "A5", op, f"float32 (FP4 E2M1 values) weights are packed only on Ascend 950 "
+                                                 f"(A5); {self.profile.device_name} takes int32 int4 values")
+            try:
+                codes = encode_e2m1(weight)
+            except ValueError as e:
+                raise NpuSimError(f"161002 param invalid in {op}: float32 weight must hold exact FP4 E2M1 values "
+                                  f"(the NPU writes code 0 for others): {e}") from None
+            out = pack_int4(torch.where(codes >= 8, codes.to(torch.int32) - 16, codes.to(torch.int32))).view(F32)
+        else:
+            _need(False, op, f"weight must be int32 (int4 values) or, on A5, float32 (FP4 values); got {weight.dtype}")
+        if _fmt(weight) == ACL_FORMAT_FRACTAL_NZ:
+            _set_fmt(out, ACL_FORMAT_FRACTAL_NZ)
+        return out
 
     # ---- 3.11 -----------------------------------------------------------------------
     def npu_dtype_cast(self, input, dtype, input_dtype=None):

@@ -88,6 +88,33 @@ def test_quant_matmul_int8_modes():
     assert r.tolist() == [[-57, 3], [127, 6]]
 
 
+def test_quant_matmul_documented_defaults():
+    """torch-npu wheel 2.14.0 docstring: output_dtype=None -> int8; pertoken_scale is 1-D (m,)."""
+    x1, w = _int8_case()  # acc = [[-2, 0], [10, 3]]
+    out = A2.npu_quant_matmul(x1, w.t(), torch.tensor([30.0, 1.0]))  # was float16 before
+    assert out.dtype == torch.int8 and out.tolist() == [[-60, 0], [127, 3]]
+    assert torch.equal(out, A2.npu_quant_matmul(x1, w.t(), torch.tensor([30.0, 1.0]), output_dtype=torch.int8))
+    with pytest.raises(NpuSimError, match="output_dtype=None means int8"):  # per-token needs a float output
+        A2.npu_quant_matmul(x1, w.t(), torch.ones(2), pertoken_scale=torch.ones(2))
+    # batched x1 (B, m, K): pertoken_scale is (m,), applied to every batch; the old (B, m) form is refused
+    xb = torch.stack([x1, -x1])
+    pt = torch.tensor([2.0, 0.25])
+    yb = A2.npu_quant_matmul(xb, w.t(), torch.ones(2), pertoken_scale=pt, output_dtype=BF16)
+    assert yb.shape == (2, 2, 2) and yb.float().tolist() == [[[-4.0, 0.0], [2.5, 0.75]], [[4.0, 0.0], [-2.5, -0.75]]]
+    with pytest.raises(NpuSimError, match=r"1-D \(2,\)"):
+        A2.npu_quant_matmul(xb, w.t(), torch.ones(2), pertoken_scale=pt.repeat(2, 1), output_dtype=BF16)
+    with pytest.raises(NpuSimError, match=r"1-D \(2,\)"):
+        A2.npu_quant_matmul(x1, w.t(), torch.ones(2), pertoken_scale=pt.reshape(2, 1), output_dtype=BF16)
+    # MX modes: None is int8 there too, which they do not support
+    m, n, k = 1, 1, 64
+    kw = dict(scale_dtype=A5.float8_e8m0fnu, pertoken_scale_dtype=A5.float8_e8m0fnu, x1_dtype=A5.float4_e2m1fn_x2,
+              x2_dtype=A5.float4_e2m1fn_x2, group_sizes=[1, 1, 32])
+    with pytest.raises(NpuSimError, match="output_dtype=None means int8"):
+        A5.npu_quant_matmul(torch.zeros(m, k // 2, dtype=torch.uint8), torch.zeros(n, k // 2, dtype=torch.uint8).t(),
+                            torch.full((n, 1, 2), 127, dtype=torch.uint8).transpose(0, 1),
+                            pertoken_scale=torch.full((m, 1, 2), 127, dtype=torch.uint8), **kw)
+
+
 def test_quant_matmul_int8_rejections():
     x1, w = _int8_case()
     x2 = w.t()
@@ -254,10 +281,8 @@ def test_install_and_env(monkeypatch):
     try:
         assert npu_sim.install_from_env().npu.get_soc_version() == 260
     finally:
-        sys.modules.pop("torch_npu", None)
-        sys.modules.pop("torch_npu.npu", None)
-        if hasattr(torch, "npu"):
-            delattr(torch, "npu")
+        npu_sim.uninstall()
+    assert sys.modules.get("torch_npu") is before and not hasattr(torch, "npu")
     monkeypatch.setenv(npu_sim.ENV, "B9")
-    with pytest.raises(ValueError, match="choose one of"):
+    with pytest.raises(ValueError, match="accepted values are A2, A3, A5"):
         npu_sim.install_from_env()

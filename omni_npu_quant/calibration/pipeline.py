@@ -124,6 +124,10 @@ def _plan_layers(model: nn.Module, scheme: Scheme, opts: CalibOptions) -> tuple[
         for pat, hits in match_patterns(DEFAULT_IGNORED, names, allow_unmatched=True).items():
             for n in hits:
                 kept.setdefault(n, f"default ignore {pat!r} (lm_head stays float, as in msModelSlim)")
+        from ..models.defaults import default_float_layers  # per-architecture float layers (one table)
+
+        for n, why in default_float_layers(model, names).items():
+            kept.setdefault(n, why)
     for pat, hits in match_patterns(opts.ignored_layers, names, what="--ignored-layers").items():
         for n in hits:
             kept.setdefault(n, f"--ignored-layers {pat!r}")

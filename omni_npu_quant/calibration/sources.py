@@ -3,9 +3,8 @@
 Models (``load_model``):
 
 * ``tiny-llama`` / ``tiny-dit``: the built-in seeded models (``omni_npu_quant.models.build_tiny``);
-* a transformers directory (``config.json`` + ``*.safetensors``, loaded with
-  ``AutoModelForCausalLM.from_pretrained(..., local_files_only=True)``; no hub access);
-* a diffusers model directory (``config.json`` with ``_class_name``), when ``diffusers`` is installed;
+* a transformers or diffusers model directory (``omni_npu_quant.models.loading``: the class from the
+  config's ``architectures`` / ``_class_name``, the stored dtype kept, ``local_files_only``);
 * a plain safetensors state dict (a file or a directory of shards) plus ``factory="module:function"``,
   a zero-argument callable returning the ``nn.Module`` the state dict belongs to.
 
@@ -15,7 +14,13 @@ Calibration data (``load_batches``) is a list of *calls*: ``(args, kwargs)`` pas
 * ``*.txt`` (one prompt per line) or ``*.jsonl`` (``{"text": ...}`` or ``{"prompt": ...}`` per line):
   tokenized with the model directory's tokenizer, or byte-level (UTF-8 bytes) for ``tiny-llama``;
 * ``*.safetensors`` of saved inputs: key ``"<i>"`` is the positional input of call ``i``; keys
-  ``"<i>.<name>"`` are keyword arguments of call ``i`` (e.g. ``0.hidden_states``, ``0.timestep``).
+  ``"<i>.<name>"`` are keyword arguments of call ``i`` (e.g. ``0.hidden_states``, ``0.timestep``),
+  ``"<i>.<j>"`` (digits) positional argument ``j``, and a further ``".<m>"`` item ``m`` of a list
+  argument (Z-Image takes lists of tensors); non-tensor arguments (``img_shapes``,
+  ``return_dict``) are JSON in the file's metadata key ``CALLS_META_KEY``.  This is what
+  ``omni_npu_quant.calibration.capture`` writes from a real denoise loop.
+* with no ``--calib``, a diffusers DiT of a known class gets seeded example calls
+  (``omni_npu_quant.models.dit.example_call``) -- random inputs, for smoke runs only.
 """
 from __future__ import annotations
 
@@ -30,11 +35,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["LoadedModel", "Call", "load_model", "load_batches", "DTYPES", "BUILTIN_MODELS", "batches_digest"]
+__all__ = ["LoadedModel", "Call", "load_model", "load_batches", "DTYPES", "BUILTIN_MODELS", "batches_digest",
+           "CALLS_META_KEY"]
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "fp32": torch.float32, "float32": torch.float32}
 BUILTIN_MODELS = ("tiny-llama", "tiny-dit")
+# safetensors metadata key of saved inputs: JSON {"<i>": {"args": {"<j>": v}, "kwargs": {name: v}}} for the
+# non-tensor arguments of call i (e.g. Qwen-Image's img_shapes, return_dict=False)
+CALLS_META_KEY = "omni_npu_quant.calls"
 # files msModelSlim copies next to the weights (its saver copies *.json, *.py, *.txt, *.jinja)
 _COPY_PATTERNS = ("*.json", "*.py", "*.txt", "*.jinja", "*.model")
 _COPY_EXCLUDE = re.compile(r"(index\.json$|^quant_model_description.*\.json$)")
@@ -139,39 +148,28 @@ def load_model(spec: str, *, factory: str | None = None, dtype: torch.dtype | No
         d = dtype or next(model.parameters()).dtype
         return LoadedModel(model, "state-dict", spec, d, config=cfg,
                            vocab_size=(cfg or {}).get("vocab_size"), identity=f"sd:{_sha_files(files)}:{factory}")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise ValueError(f"--model {spec}: a directory needs config.json (transformers / diffusers); for a plain "
-                         f"state dict pass --factory module:function")
-    cfg = json.loads((path / "config.json").read_text())
+    from ..models.loading import DIFFUSERS_MODEL, DIFFUSERS_PIPELINE, ModelLoadError, detect, load_dir
+
+    try:
+        if path.is_dir() and detect(path) == DIFFUSERS_PIPELINE:
+            raise ModelLoadError(f"{path} is a diffusers pipeline; calibrate it with --pipeline {path} "
+                                 f"(captures a denoise loop) or pass one transformer, e.g. --model {path}/transformer")
+        ld = load_dir(path, dtype=dtype)
+    except ModelLoadError as e:
+        raise ValueError(f"--model {spec}: {e}; for a plain state dict pass --factory module:function") from None
+    cfg = ld.config
     weights = sorted(path.glob("*.safetensors"))
     copy = sorted({p for pat in _COPY_PATTERNS for p in path.glob(pat) if not _COPY_EXCLUDE.search(p.name)})
     ident = f"dir:{_sha_files(weights + [path / 'config.json'])}"
-    if "_class_name" in cfg:
-        try:
-            import diffusers
-        except ImportError as e:
-            raise ValueError(f"--model {spec} is a diffusers model ({cfg['_class_name']}) but diffusers is not "
-                             f"installed; `pip install diffusers`, or use --factory with its state dict") from e
-        cls = getattr(diffusers, cfg["_class_name"], None)
-        if cls is None:
-            raise ValueError(f"--model {spec}: diffusers has no class {cfg['_class_name']!r}")
-        model = cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True).eval()
-        d = dtype or next(model.parameters()).dtype
-        return LoadedModel(model, "diffusers", spec, d, copy_files=copy, config=cfg, identity=ident)
-    try:
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        raise ValueError(f"--model {spec}: loading a transformers model needs `pip install transformers`") from e
-    kw = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kw).eval()
-    d = dtype or next(model.parameters()).dtype
+    if ld.kind == DIFFUSERS_MODEL:
+        return LoadedModel(ld.model, "diffusers", spec, ld.dtype, copy_files=copy, config=cfg, identity=ident)
     tok = None
     if any((path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         from transformers import AutoTokenizer
 
         t = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         tok = lambda s: list(t(s)["input_ids"])  # noqa: E731
-    return LoadedModel(model, "transformers", spec, d, tokenize=tok, copy_files=copy, config=cfg,
+    return LoadedModel(ld.model, "transformers", spec, ld.dtype, tokenize=tok, copy_files=copy, config=cfg,
                        vocab_size=cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size"),
                        identity=ident)
 
@@ -203,27 +201,56 @@ def _read_prompts(path: Path) -> list[str]:
 
 
 def _saved_inputs(path: Path, dtype: torch.dtype) -> list[Call]:
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    sd = load_file(str(path))
+    sd, meta = {}, {}
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        for key in f.keys():
+            sd[key] = f.get_tensor(key)
+    extra = {}
+    if CALLS_META_KEY in meta:
+        try:
+            extra = json.loads(meta[CALLS_META_KEY])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--calib {path}: metadata {CALLS_META_KEY!r} is not JSON ({e})") from None
     calls: dict[int, list] = {}
     for key in sd:
-        m = re.fullmatch(r"(\d+)(?:\.(\w+))?", key)
+        m = re.fullmatch(r"(\d+)(?:\.(\w+)(?:\.(\d+))?)?", key)
         if not m:
-            raise ValueError(f"--calib {path}: tensor key {key!r} must be '<i>' (positional input of call i) "
-                             f"or '<i>.<kwarg>'")
+            raise ValueError(f"--calib {path}: tensor key {key!r} must be '<i>' (positional input of call i), "
+                             f"'<i>.<kwarg>', '<i>.<j>' (positional j) or '<name>.<m>' (item m of a list)")
         i = int(m.group(1))
-        c = calls.setdefault(i, [(), {}])
+        c = calls.setdefault(i, [{}, {}])
         t = sd[key]
         if t.is_floating_point():
             t = t.to(dtype)
-        if m.group(2) is None:
-            c[0] = (t,)
+        name = m.group(2)
+        slot, name = (c[0], 0) if name is None else ((c[0], int(name)) if name.isdigit() else (c[1], name))
+        if m.group(3) is None:
+            slot[name] = t
         else:
-            c[1][m.group(2)] = t
+            slot.setdefault(name, {})[int(m.group(3))] = t
+    for i, spec in extra.items():
+        if not str(i).isdigit():
+            raise ValueError(f"--calib {path}: metadata call key {i!r} is not a call index")
+        c = calls.setdefault(int(i), [{}, {}])
+        for j, v in (spec.get("args") or {}).items():
+            c[0][int(j)] = v
+        c[1].update(spec.get("kwargs") or {})
     if not calls:
         raise ValueError(f"--calib {path}: no tensors")
-    return [(calls[i][0], calls[i][1]) for i in sorted(calls)]
+
+    def unlist(v):
+        return [v[m] for m in sorted(v)] if isinstance(v, dict) and all(isinstance(k, int) for k in v) and v else v
+
+    out = []
+    for i in sorted(calls):
+        pos, kw = calls[i]
+        if pos and sorted(pos) != list(range(len(pos))):
+            raise ValueError(f"--calib {path}: call {i} has positional inputs {sorted(pos)}; they must be 0..n-1")
+        out.append((tuple(unlist(pos[j]) for j in range(len(pos))), {k: unlist(v) for k, v in kw.items()}))
+    return out
 
 
 def _token_calls(ids: list[list[int]], seq_len: int, vocab: int | None, where: str) -> list[Call]:
@@ -259,6 +286,14 @@ def load_batches(calib: str | None, lm: LoadedModel, *, seq_len: int = 128, num_
     if lm.kind == "tiny-dit":
         ch = lm.config["in_channels"]
         return [((torch.randn(1, seq_len, ch, generator=gen).to(lm.dtype),), {}) for _ in range(num_samples)]
+    if lm.kind == "diffusers":
+        from ..models.dit import example_call
+
+        try:
+            return [example_call(lm.model, seed=seed + i, dtype=lm.dtype) for i in range(num_samples)]
+        except ValueError as e:
+            raise ValueError(f"{lm.source}: {e}: pass --calib FILE.safetensors, or capture a denoise loop with "
+                             f"`calibrate --pipeline DIR`") from None
     if lm.kind == "tiny-llama":
         v = lm.vocab_size
         return [((torch.randint(0, v, (1, seq_len), generator=gen),), {}) for _ in range(num_samples)]
@@ -277,7 +312,11 @@ def batches_digest(calls: list[Call]) -> str:
     h = hashlib.sha256()
 
     def add(t: Any):
-        if isinstance(t, torch.Tensor):
+        if isinstance(t, (list, tuple)):
+            h.update(f"seq{len(t)}".encode())
+            for item in t:
+                add(item)
+        elif isinstance(t, torch.Tensor):
             h.update(str((t.dtype, tuple(t.shape))).encode())
             h.update(t.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         else:

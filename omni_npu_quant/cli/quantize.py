@@ -18,7 +18,10 @@ DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="tiny-llama | tiny-dit | a transformers model directory")
+    p.add_argument("--model", required=True,
+                   help="tiny-llama | tiny-dit | a transformers / diffusers model directory | a diffusers pipeline "
+                        "directory (model_index.json: every transformer, e.g. Wan2.2's transformer + transformer_2, "
+                        "is quantized into OUT/<subfolder>/)")
     p.add_argument("--scheme", default="mxfp4",
                    help="default scheme name or msModelSlim label (w8a8_dynamic, w8a8_static, mxfp8, mxfp4, "
                         "w4a8_mxfp, mxfp4_dual, W4A4_MXFP4, ...); 'float' quantizes only --layer-scheme layers")
@@ -28,10 +31,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-layer scheme (repeatable); SCHEME may be 'float'")
     p.add_argument("--keep-first-blocks", type=int, default=0, metavar="N",
                    help="keep the first N numbered blocks (model.layers.0.. / blocks.0..) in float")
+    p.add_argument("--num-bf16-fallback-layers", type=int, default=0, metavar="N",
+                   help="keep N numbered blocks in float (vLLM-Omni's option); which ones: --bf16-fallback-side")
+    p.add_argument("--bf16-fallback-side", default="first", choices=("first", "last", "both"),
+                   help="with --num-bf16-fallback-layers: the first N blocks (default, as vLLM-Omni), the last N, or both")
+    p.add_argument("--no-default-float", action="store_true",
+                   help="also quantize the per-architecture float defaults (embedders, modulation, norm_out / "
+                        "proj_out, lm_head; docs/diffusion.md)")
     p.add_argument("--scheme-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the default scheme, e.g. act_round_mode=rint (VALUE parsed as JSON if possible)")
     p.add_argument("--backend", default=None, help="backend name (reference, npu, npu-sim:A5, cuda); default: dispatcher")
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="model dtype (default bf16)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help="model dtype (default: the stored dtype of a model directory; bf16 for the tiny models)")
     p.add_argument("--seed", type=int, default=0, help="seed of the tiny models")
     p.add_argument("--plan", action="store_true", help="print which scheme every linear gets and exit (dry run)")
     p.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
@@ -55,43 +66,87 @@ def _parse_kv(items, what):
 
 
 def load_model(spec: str, dtype, seed: int = 0):
-    """(model, model_dir or None, kind) for a tiny name or a transformers directory."""
-    import torch
-
+    """(model, model_dir or None, kind) for a tiny name or a transformers / diffusers model directory
+    (the class comes from its config: ``omni_npu_quant.models.loading``)."""
     if spec in TINY:
+        import torch
+
         from ..models.tiny import build_tiny
 
-        return build_tiny(TINY[spec], seed=seed, dtype=dtype), None, TINY[spec]
-    from pathlib import Path
+        return build_tiny(TINY[spec], seed=seed, dtype=dtype or torch.bfloat16), None, TINY[spec]
+    from ..models.loading import ModelLoadError, load_dir
 
-    path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"error: --model {spec!r}: not a built-in tiny model ({', '.join(TINY)}) and no "
-                         f"config.json in that directory")
     try:
-        from transformers import AutoModelForCausalLM
-    except ImportError as e:
-        raise SystemExit(f"error: --model {spec}: loading a transformers directory needs 'transformers' ({e})")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-    return model.eval().to(torch.device("cpu")), str(path), "hf"
+        ld = load_dir(spec, dtype=dtype)
+    except ModelLoadError as e:
+        raise SystemExit(f"error: --model {spec}: {e}") from None
+    return ld.model, str(ld.path), ld.kind
+
+
+def _targets(spec: str, dtype, seed: int):
+    """[(subfolder, (model, model_dir, kind))]: one entry, or one per transformer of a diffusers pipeline."""
+    if spec not in TINY:
+        from pathlib import Path
+
+        from ..models.loading import DIFFUSERS_PIPELINE, ModelLoadError, detect, pipeline_transformers
+
+        try:
+            if detect(spec) == DIFFUSERS_PIPELINE:
+                return [(sub, lambda sub=sub: load_model(str(Path(spec) / sub), dtype, seed))
+                        for sub in pipeline_transformers(spec)]
+        except ModelLoadError as e:
+            raise SystemExit(f"error: --model {spec}: {e}") from None
+    return [("", lambda: load_model(spec, dtype, seed))]
 
 
 def run(args) -> int:
     import torch
 
-    from ..integrations.selection import SelectionError
-    from ..integrations.torch import QuantConfig, format_plan, plan_quantization, quantize_, quantized_tensor_sets
+    from ..integrations.torch import QuantConfig
 
-    dtype = getattr(torch, DTYPES[args.dtype])
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     try:
         cfg = QuantConfig(scheme=args.scheme, ignored_layers=list(args.ignored_layers),
                           layer_schemes=_parse_kv(args.layer_scheme, "--layer-scheme"), backend=args.backend,
                           scheme_options=_parse_kv(args.scheme_option, "--scheme-option"),
-                          keep_first_blocks=args.keep_first_blocks)
+                          keep_first_blocks=args.keep_first_blocks, apply_defaults=not args.no_default_float,
+                          num_bf16_fallback_layers=args.num_bf16_fallback_layers,
+                          bf16_fallback_side=args.bf16_fallback_side)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    model, model_dir, kind = load_model(args.model, dtype, args.seed)
+    targets = _targets(args.model, dtype, args.seed)
+    if args.out and len(targets) > 1:
+        from pathlib import Path
+
+        out = Path(args.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+            print(f"error: --out {out} exists and is not empty; pass --overwrite to replace it", file=sys.stderr)
+            return 2
+    for sub, build in targets:
+        if sub:
+            print(f"== {sub}")
+        rc = _quantize_one(args, cfg, *build(), out=None if not args.out else
+                           (args.out if not sub else f"{args.out}/{sub}"))
+        if rc:
+            return rc
+    if args.out and len(targets) > 1 and not args.plan:
+        import shutil
+        from pathlib import Path
+
+        shutil.copyfile(Path(args.model) / "model_index.json", Path(args.out) / "model_index.json")
+        print(f"wrote {args.out}: pipeline layout ({', '.join(s for s, _ in targets)}) + model_index.json")
+    return 0
+
+
+def _quantize_one(args, cfg, model, model_dir, kind, *, out) -> int:
+    import torch
+
+    from ..integrations.selection import SelectionError
+    from ..integrations.torch import format_plan, plan_quantization, quantize_, quantized_tensor_sets
+    from ..integrations.torch.module import quantized_state_keys
+
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.bfloat16)
     try:
         plan = plan_quantization(model, cfg)
     except (SelectionError, ValueError) as e:
@@ -115,16 +170,18 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_plan(plan))
-    if args.out:
+    if out:
         from ..checkpoint import write_ascendv1
 
         layers = quantized_tensor_sets(model)
-        qkeys = {f"{p}.{s}" for p in layers for s in ("weight", "bias")}
+        qkeys = quantized_state_keys(model)
         float_tensors = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in qkeys}
         config = getattr(model, "config", None)
         if config is not None and not isinstance(config, dict):
             config = config.to_dict()
-        out = write_ascendv1(args.out, layers, float_tensors, config=config, part_file_size=args.part_file_size,
-                             copy_from=model_dir, overwrite=args.overwrite)
-        print(f"wrote {out} ({len(layers)} quantized layers, {len(float_tensors)} float tensors)")
+        elif isinstance(config, dict):
+            config = dict(config)
+        path = write_ascendv1(out, layers, float_tensors, config=None if model_dir else config,
+                              part_file_size=args.part_file_size, copy_from=model_dir, overwrite=args.overwrite)
+        print(f"wrote {path} ({len(layers)} quantized layers, {len(float_tensors)} float tensors)")
     return 0

@@ -169,13 +169,47 @@ def quantize_layers(model: nn.Module, names: list[str], scheme: Scheme, captured
 
 # ---------------------------------------------------------------------------------------------
 def _load_hf_model(path: str, dtype: torch.dtype) -> nn.Module:
+    """A transformers / diffusers model directory, class from its config (``models/loading.py``)."""
+    from ..models.loading import ModelLoadError, load_dir
+
     try:
-        import transformers
-    except ImportError as e:
-        raise RuntimeError(f"--model {path}: loading a Hugging Face model needs transformers "
-                           f"(pip install transformers): {e}") from e
-    m = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
-    return m.eval()
+        return load_dir(path, dtype=dtype).model
+    except ModelLoadError as e:
+        raise ValueError(f"--model {path}: {e}") from None
+
+
+def _is_diffusers(model: nn.Module) -> bool:
+    return hasattr(model, "config") and type(model).__module__.startswith("diffusers.")
+
+
+def _bind_dit(model: nn.Module, inputs: str | None, batch: int, seed: int, dtype: torch.dtype):
+    """(BoundCall wrapper, main input tensor) for a diffusers DiT: one call from ``--inputs`` (the saved-inputs
+    format of ``calibrate --calib`` / a captured denoise loop) or seeded example inputs of its class."""
+    from ..models.dit import BoundCall, example_call
+
+    if inputs:
+        from ..calibration.sources import _saved_inputs
+
+        if not inputs.endswith(".safetensors"):
+            raise ValueError(f"--inputs {inputs}: a diffusers model takes saved call inputs (.safetensors, keys "
+                             f"'<i>.<kwarg>', e.g. written by calibrate's capture)")
+        call = _saved_inputs(__import__("pathlib").Path(inputs), dtype)[0]
+    else:
+        call = example_call(model, batch=batch, seed=seed, dtype=dtype)
+    bound = BoundCall(model, call)
+    return bound, bound.main_input
+
+
+def _default_layer_names(model: nn.Module, all_lin: list[str], kind: str, pattern: str | None) -> list[str]:
+    if pattern or kind in DEFAULT_LAYERS:
+        return select_layers(all_lin, pattern or DEFAULT_LAYERS[kind])
+    from ..models.defaults import default_float_layers  # the model body: per-architecture float layers excluded
+
+    kept = default_float_layers(model, all_lin)
+    names = [n for n in all_lin if n not in kept]
+    if not names:
+        raise ValueError(f"every linear of {type(model).__name__} is a default float layer; pass --layers")
+    return names
 
 
 def _default_inputs(model: nn.Module, kind: str, batch: int, seq: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -212,19 +246,22 @@ def build_source(*, model: str | None = None, scheme: str | None = None, checkpo
             raise ValueError(f"--model {model!r}: not a directory and not a built-in ({', '.join(BUILTIN_MODELS)})")
         kind = "hf"
         fm = _load_hf_model(model, dtype)
-        desc = f"Hugging Face model {os.path.basename(os.path.normpath(model))}"
-    x = load_inputs(inputs) if inputs else _default_inputs(fm, kind, batch, seq, seed + 1, dtype)
+        desc = f"{type(fm).__name__} from {os.path.basename(os.path.normpath(model))}"
+    if _is_diffusers(fm):
+        kind = "diffusers"
+        fm, x = _bind_dit(fm, inputs, batch, seed + 1, dtype)
+    else:
+        x = load_inputs(inputs) if inputs else _default_inputs(fm, kind, batch, seq, seed + 1, dtype)
     if x.is_floating_point():
         x = x.to(dtype)
     all_lin = linear_names(fm)
-    default = DEFAULT_LAYERS.get(kind, "!lm_head")
-    names = select_layers(all_lin, layers or default)
+    names = _default_layer_names(fm._inner if kind == "diffusers" else fm, all_lin, kind, layers)
     captured, _, _ = capture_linear_io(fm, x, names)
     qlayers, skipped = quantize_layers(fm, names, sch, captured)
     if not qlayers:
         raise ValueError(f"scheme {sch.name}: no selected layer could be quantized: {skipped}")
     return ParitySource(f"{desc}, scheme {sch.name}", fm, x, qlayers, dtype, "float model (original weights)",
-                        image_like=(kind == "dit"), skipped=skipped)
+                        image_like=(kind in ("dit", "diffusers")), skipped=skipped)
 
 
 def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch, seq) -> ParitySource:
@@ -277,10 +314,15 @@ def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch,
     missing = [n for n in entries if n not in dict(fm.named_modules())]
     if missing:
         raise ValueError(f"--checkpoint {ckpt_dir}: layers {missing[:5]} do not exist in the model")
-    x = load_inputs(inputs) if inputs else _default_inputs(fm, kind, batch, seq, seed + 1, dtype)
+    if _is_diffusers(fm):
+        kind = "diffusers"
+        fm, x = _bind_dit(fm, inputs, batch, seed + 1, dtype)
+    else:
+        x = load_inputs(inputs) if inputs else _default_inputs(fm, kind, batch, seq, seed + 1, dtype)
     if x.is_floating_point():
         x = x.to(dtype)
-    return ParitySource(desc, fm, x, entries, dtype, float_ref, image_like=(kind == "dit"), dequant_weights=dequant)
+    return ParitySource(desc, fm, x, entries, dtype, float_ref, image_like=(kind in ("dit", "diffusers")),
+                        dequant_weights=dequant)
 
 
 def _model_from_checkpoint_config(ckpt_dir, ck, dtype):
@@ -291,6 +333,14 @@ def _model_from_checkpoint_config(ckpt_dir, ck, dtype):
             cfg = json.load(f)
     if not isinstance(cfg, dict):
         return None, None
+    if "_class_name" in cfg:  # a diffusers model: its class from the config (models/loading.py)
+        from ..models.loading import ModelLoadError, model_from_config
+
+        try:
+            fm = model_from_config(cfg, dtype=dtype, where=cfg_path)
+        except ModelLoadError:
+            return None, None
+        return (fm, "diffusers") if fm is not None else (None, None)
     mt = cfg.get("model_type")
     if mt in ("tiny_llama", "tiny_dit"):
         from ..models.tiny import build_tiny
@@ -302,14 +352,14 @@ def _model_from_checkpoint_config(ckpt_dir, ck, dtype):
         args = {a: cfg[c] for a, c in kw.items() if c in cfg}
         return build_tiny(kind, seed=0, dtype=dtype, **args), kind
     try:
-        import transformers
+        import transformers  # noqa: F401 - availability check
     except ImportError:
         return None, None
-    try:
-        conf = transformers.AutoConfig.for_model(**cfg) if mt else None
-        if conf is None:
-            return None, None
-        return transformers.AutoModelForCausalLM.from_config(conf, torch_dtype=dtype).eval(), "hf"
+    try:  # the class the config names (an encoder stays an encoder): models/loading.py
+        from ..models.loading import model_from_config
+
+        fm = model_from_config(cfg, dtype=dtype, where=cfg_path) if mt else None
+        return (fm, "hf") if fm is not None else (None, None)
     except Exception:  # noqa: BLE001 - an unknown architecture means a layer-only run
         return None, None
 

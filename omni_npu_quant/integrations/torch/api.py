@@ -84,6 +84,9 @@ def plan_quantization(model: nn.Module, config: QuantConfig) -> list[LayerPlan]:
     match_patterns(list(config.layer_schemes), names, what="layer_schemes")
     compiled = [(compile_pattern(p, what="layer_schemes"), v) for p, v in config.layer_schemes.items()]
     first = leading_blocks(names, int(config.keep_first_blocks))
+    from ...models.defaults import kept_float_by_defaults  # per-architecture float layers (one table)
+
+    arch_float = kept_float_by_defaults(model, names, config)
     default_name, default_opts = _scheme_spec(config.scheme, config.scheme_options)
     if default_name is not None:
         _make_scheme(default_name, default_opts, "QuantConfig.scheme")  # fail early on a bad name
@@ -105,6 +108,9 @@ def plan_quantization(model: nn.Module, config: QuantConfig) -> list[LayerPlan]:
             if why:
                 raise SelectionError(f"layer_schemes[{hit[0].text!r}] selects {n} for {sch.name}, but {why}")
             plan.append(LayerPlan(n, k, nout, sch.name, opts, reason=f"layer_schemes: {hit[0].text!r}"))
+            continue
+        if n in arch_float:
+            plan.append(LayerPlan(n, k, nout, None, reason=arch_float[n]))
             continue
         if n in first:
             plan.append(LayerPlan(n, k, nout, None, reason=f"keep_first_blocks={config.keep_first_blocks}"))
@@ -249,12 +255,25 @@ def load_quantized(model: nn.Module, ckpt_dir, backend=None, *, strict: bool = T
                    scheme_options: Mapping[str, dict] | None = None) -> nn.Module:
     """Apply a quantized checkpoint to ``model`` in place.
 
-    ``ckpt_dir``: an msModelSlim / omni_npu_quant checkpoint directory, a ``QuantizedCheckpoint``, or a
+    ``ckpt_dir``: an msModelSlim / omni_npu_quant checkpoint directory (or the pipeline layout
+    ``transformer/`` + ``transformer_2/`` of ``quantize`` / ``calibrate`` on a diffusers pipeline, applied
+    to the pipeline's modules of those names), a ``QuantizedCheckpoint``, or a
     dict ``{prefix: (label_or_scheme, tensors)}``.  Quantized layers replace the model's ``nn.Linear``
     of the same name (shapes must agree); float tensors (norms, embeddings, FLOAT linears) are copied
     into the model's parameters.  With ``strict`` a checkpoint tensor with no home in the model is an
     error.  ``scheme_options``: ``{scheme_name: {option: value}}`` (e.g. activation round modes).
     """
+    if isinstance(ckpt_dir, (str, Path)):
+        from ...models.loading import pipeline_layout
+
+        if layout := pipeline_layout(ckpt_dir):  # pipeline layout (docs/diffusion.md): one checkpoint per transformer
+            for sub, path in layout.items():
+                part = getattr(model, sub, None)
+                if not isinstance(part, nn.Module):
+                    raise ValueError(f"{ckpt_dir}: holds quantized {sorted(layout)}, but {type(model).__name__} has "
+                                     f"no '{sub}' module; pass the pipeline, or the subfolder for one transformer")
+                load_quantized(part, path, backend, strict=strict, scheme_options=scheme_options)
+            return model
     layers, float_tensors = _entries(ckpt_dir)
     src = str(ckpt_dir) if isinstance(ckpt_dir, (str, Path)) else "checkpoint"
     mods = dict(model.named_modules())

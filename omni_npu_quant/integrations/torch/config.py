@@ -28,6 +28,10 @@ class QuantConfig:
       ``blocks.0`` ...) in float -- the dual-scale online "bf16 fallback layers" option.
     * ``skip_incompatible``: layers the *default* scheme cannot take (e.g. dual-scale with K not a
       multiple of 512) stay float with a reason in the plan; explicitly selected layers always raise.
+    * ``apply_defaults``: keep the per-architecture float layers of ``omni_npu_quant.models.defaults``
+      (embedders, adaLN modulation, ``norm_out`` / ``proj_out``, ``lm_head``) in float.
+    * ``num_bf16_fallback_layers``: keep the layers of N numbered blocks in float (vLLM-Omni's name);
+      ``bf16_fallback_side`` says which: ``"first"`` (vLLM-Omni's behaviour), ``"last"`` or ``"both"``.
     """
 
     scheme: str = "mxfp4"
@@ -37,6 +41,9 @@ class QuantConfig:
     scheme_options: dict[str, Any] = field(default_factory=dict)
     keep_first_blocks: int = 0
     skip_incompatible: bool = True
+    apply_defaults: bool = True
+    num_bf16_fallback_layers: int = 0
+    bf16_fallback_side: str = "first"
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
@@ -49,6 +56,11 @@ class QuantConfig:
             raise ValueError(f"QuantConfig.scheme must be a scheme name, got {self.scheme!r}")
         if int(self.keep_first_blocks) < 0:
             raise ValueError(f"QuantConfig.keep_first_blocks must be >= 0, got {self.keep_first_blocks}")
+        if int(self.num_bf16_fallback_layers) < 0:
+            raise ValueError(f"QuantConfig.num_bf16_fallback_layers must be >= 0, got {self.num_bf16_fallback_layers}")
+        if self.bf16_fallback_side not in ("first", "last", "both"):
+            raise ValueError(f"QuantConfig.bf16_fallback_side must be 'first', 'last' or 'both', "
+                             f"got {self.bf16_fallback_side!r}")
         if self.version != CONFIG_VERSION:
             raise ValueError(f"QuantConfig version {self.version} is not supported (this build reads {CONFIG_VERSION})")
 

@@ -10,7 +10,7 @@ from torch import nn
 from ...backends.base import UNSUPPORTED, Capability, LinearBackend, PreparedLinear
 from ...schemes.base import Scheme
 
-__all__ = ["QuantLinear", "resolve_backend"]
+__all__ = ["QuantLinear", "resolve_backend", "quantized_state_keys"]
 
 log = logging.getLogger("omni_npu_quant.integrations.torch")
 
@@ -50,10 +50,23 @@ def _device_hint(device: torch.device):
 class QuantLinear(nn.Module):
     """A quantized linear layer.
 
-    Holds the stored tensor set (``tensors``, msModelSlim suffix names, on the module's device),
-    the ``scheme``, the ``backend`` object and its ``prepared`` form (``PreparedLinear``).  Moving the
-    module (``.to(device)``) moves the tensor set and prepares it again; casting it to a floating
-    dtype (``.to(torch.float16)``) changes the activation dtype only -- stored scales never change.
+    The stored tensor set (msModelSlim suffix names: ``weight``, ``weight_scale``, ``bias``,
+    ``mul_scale``, ...) is registered on the module as parameters with ``requires_grad=False``,
+    floating-point tensors first, so module queries work as on an ``nn.Linear``:
+    ``parameters()`` / ``next(m.parameters())`` (a float tensor whenever the set holds one, e.g. the
+    bias or a float scale), ``named_parameters()``, a diffusers model's ``.dtype`` / ``.device``.
+    No full-precision copy of the weight is kept here (what the backend prepares is its own
+    business: ``prepared``).  ``state_dict()`` leaves the stored set out -- a model's state dict
+    stays its *float* tensors (norms, embeddings, float linears), and the quantized sets go through
+    ``quantized_tensor_sets`` / the AscendV1 writer, whose layout (``.linear.*``, ``.div.mul_scale``)
+    differs; ``load_state_dict`` with keys of a ``QuantLinear`` is refused (use ``load_quantized``).
+
+    ``tensors`` is a read-only view ``{suffix: tensor}`` of the registered tensors.  Moving the
+    module (``.to(device)``) moves the stored tensors and prepares them again; casting it to a
+    floating dtype (``.to(torch.float16)``) changes the activation dtype only -- stored scales and
+    weights never change dtype.  An input of another floating dtype than the activation dtype is
+    cast to it, and the output is returned in the input's dtype (as a drop-in for ``nn.Linear``
+    in models that cast e.g. a timestep to their embedder's parameter dtype).
     """
 
     def __init__(self, scheme: Scheme, tensors: dict[str, torch.Tensor], *, backend=None,
@@ -61,32 +74,72 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.scheme = scheme
         self.layer_name = name
-        self.tensors = dict(tensors)
         self._requested_backend = backend
         self.act_dtype = act_dtype
-        n, k = scheme.validate(self.tensors, k=k, where=name or "QuantLinear")
+        tensors = dict(tensors)
+        n, k = scheme.validate(tensors, k=k, where=name or "QuantLinear")
+        self._register_stored(tensors)
         self.in_features, self.out_features = k, n
-        self.backend, self.capability = resolve_backend(scheme, backend, _device_hint(self.tensors["weight"].device))
+        self.backend, self.capability = resolve_backend(scheme, backend, _device_hint(tensors["weight"].device))
         self.prepared: PreparedLinear = self.backend.prepare(scheme, self.tensors, act_dtype, k=k, where=name)
 
+    # -- stored tensors as (frozen) parameters --------------------------------------------------
+    def _register_stored(self, tensors: dict[str, torch.Tensor]) -> None:
+        for key in list(getattr(self, "_stored", ())):
+            self._parameters.pop(key, None)
+        bad = [s for s in tensors if not s.isidentifier() or hasattr(nn.Module, s)]
+        if bad:
+            raise ValueError(f"{self.layer_name or 'QuantLinear'}: stored tensor name(s) {bad} cannot be module "
+                             f"attributes")
+        # floating tensors first: next(m.parameters()) then reports a float dtype, as models expect
+        order = sorted(tensors, key=lambda s: (not tensors[s].is_floating_point(), s != "bias"))
+        for s in order:
+            t = tensors[s]
+            self.register_parameter(s, nn.Parameter(t.detach(), requires_grad=False))
+        self._stored = tuple(order)
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """``{suffix: stored tensor}`` (the registered parameters' data; do not modify in place)."""
+        return {s: self._parameters[s].data for s in self._stored}
+
+    @property
+    def weight_device(self) -> torch.device:
+        return self._parameters["weight"].device
+
     # -- torch.nn.Module plumbing ---------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        return  # the stored set is not a float state: quantized_tensor_sets / the AscendV1 writer carry it
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        mine = [k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]]
+        if mine:
+            error_msgs.append(f"{prefix.rstrip('.') or 'QuantLinear'} is a QuantLinear ({self.scheme.name}); "
+                              f"state-dict keys {mine[:3]} cannot be loaded into it: apply a quantized "
+                              f"checkpoint with omni_npu_quant.load_quantized")
+
     def _apply(self, fn, recurse=True):
-        # learn the requested device / dtype from a probe; never cast stored scales
-        probe = fn(torch.empty(0, dtype=self.act_dtype, device=self.tensors["weight"].device))
-        moved = probe.device != self.tensors["weight"].device
+        # learn the requested device / dtype from a probe; never cast stored tensors
+        dev = self.weight_device
+        probe = fn(torch.empty(0, dtype=self.act_dtype, device=dev))
+        moved = probe.device != dev
         new_dtype = probe.dtype if probe.is_floating_point() else self.act_dtype
         if moved:
-            self.tensors = {k: v.to(probe.device) for k, v in self.tensors.items()}
+            self._register_stored({k: v.to(probe.device) for k, v in self.tensors.items()})
         if moved or new_dtype != self.act_dtype:
             self.act_dtype = new_dtype
             self.prepared = self.backend.prepare(self.scheme, self.tensors, self.act_dtype, k=self.in_features,
                                                  where=self.layer_name)
-        return super()._apply(fn, recurse)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.layer_name or 'QuantLinear'}: input has {x.shape[-1]} features, "
                              f"the layer expects {self.in_features}")
+        in_dtype = x.dtype
+        if x.is_floating_point() and in_dtype != self.act_dtype:
+            return self.backend.apply(self.prepared, x.to(self.act_dtype)).to(in_dtype)
         return self.backend.apply(self.prepared, x)
 
     def quantize_activation(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -98,5 +151,11 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={'bias' in self.tensors}, scheme={self.scheme.name}, backend={self.backend.name}, "
+                f"bias={'bias' in self._stored}, scheme={self.scheme.name}, backend={self.backend.name}, "
                 f"mode={self.prepared.mode}, act_dtype={str(self.act_dtype).replace('torch.', '')}")
+
+
+def quantized_state_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that belong to a ``QuantLinear``'s stored tensor set (not float tensors)."""
+    return {f"{n}.{s}" if n else s for n, m in model.named_modules() if isinstance(m, QuantLinear)
+            for s in m._stored}

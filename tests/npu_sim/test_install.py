@@ -71,6 +71,8 @@ def test_transformers_and_accelerate_import_the_emulator():
         import accelerate, accelerate.state, accelerate.utils.modeling  # noqa: F401  (import torch_npu)
         from accelerate.utils import is_npu_available
         assert is_npu_available()
+        from diffusers.utils import is_torch_npu_available as diffusers_sees_npu
+        assert not diffusers_sees_npu()  # diffusers also wants package metadata: its NPU-only kernels stay off
         for call in (lambda: fa.npu_fusion_attention(None), lambda: NpuFusedAdamW([]),
                      lambda: torch.npu.memory_allocated(), lambda: torch.npu.amp.GradScaler()):
             try:

@@ -169,7 +169,7 @@ def _weight_bytes(model: nn.Module, names) -> tuple[int, dict[str, str]]:
 
 
 def run_minilm_demo(schemes=None, backends=None) -> dict:
-    from ..integrations.torch import QuantConfig, collect_act_ranges, plan_quantization, quantize_
+    from ..integrations.torch import QuantConfig, plan_quantization, quantize_
     from ..schemes import get_scheme
 
     schemes = list(schemes or _default_schemes())
@@ -186,7 +186,6 @@ def run_minilm_demo(schemes=None, backends=None) -> dict:
     ignored = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.split(".")[0] == "pooler"]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in ignored]
     bf16_bytes = sum(model.get_submodule(n).weight.numel() * 2 for n in linears)
-    ranges = None
     notes: list[str] = []
     rows = []
     bar = _quiet.progress(total=len(schemes) * len(backends), desc="demo", unit="run")
@@ -197,18 +196,14 @@ def run_minilm_demo(schemes=None, backends=None) -> dict:
             plan = [p for p in plan_quantization(model, cfg) if p.name in linears]
             kept = {p.name: p.reason for p in plan if not p.quantized}
             quantized = [p.name for p in plan if p.quantized]
-            act_ranges = None
-            if getattr(scheme, "needs_calibration", False) and quantized:
-                if ranges is None:
-                    ranges = collect_act_ranges(model, linears, calib)
-                act_ranges = ranges
             t0 = time.perf_counter()
             per_backend = {}
             stored = None
             for be in backends:
                 bar.set_postfix_str(f"{sname} on {be}")
                 qm = copy.deepcopy(model)
-                quantize_(qm, cfg, act_ranges=act_ranges, backend=be)
+                # calib_data is used only by the layers whose scheme needs activation ranges (w8a8_static)
+                quantize_(qm, cfg, calib_data=calib, backend=be)
                 b, modes = _weight_bytes(qm, linears)
                 stored = b if stored is None else stored
                 e_q = _embed(qm, enc)
@@ -239,15 +234,16 @@ def _short_path(path: str) -> str:
 def format_minilm_table(rep: dict) -> str:
     bes = rep["backends"]
     short = {b: b.split(":", 1)[1] if b.startswith("npu-sim:") else ("ref" if b == "reference" else b) for b in bes}
-    head = f"{'scheme':<13}{'label':<16}{'linears':>8}{'bytes/bf16':>11}"
+    head = f"{'scheme':<13}{'label':<21}{'linears':>7}{'bytes/bf16':>11}"
     for b in bes:
         head += f"  {'cos ' + short[b]:>8}" + ("" if b == "reference" else f" {short[b] + ' path':<9}")
     head += f"{'time s':>8}"
     n_lin = rep["results"][0]["linears"] if rep["results"] else 0
-    lines = [f"all-MiniLM-L6-v2 ({rep['source']}, {rep['dtype']}): {n_lin} encoder linears, "
-             f"{rep['sentences']} built-in sentences ({rep['tokens']} tokens)", head, "-" * len(head)]
+    lines = [f"all-MiniLM-L6-v2 ({rep['source']}, {rep['dtype']}): {n_lin} encoder linears quantized with",
+             f"each scheme, {rep['sentences']} built-in sentences ({rep['tokens']} tokens) embedded on each backend",
+             head, "-" * len(head)]
     for r in rep["results"]:
-        line = (f"{r['scheme']:<13}{r['label']:<16}{str(r['layers']) + '/' + str(r['linears']):>8}"
+        line = (f"{r['scheme']:<13}{r['label']:<21}{str(r['layers']) + '/' + str(r['linears']):>7}"
                 f"{r['bytes_vs_bf16']:>11.3f}")
         for b in bes:
             x = r["backends"][b]
@@ -262,14 +258,15 @@ def format_minilm_table(rep: dict) -> str:
     sims = [b for b in bes if b.startswith("npu-sim:")]
     lines += [
         "",
-        "Columns: linears = encoder linears quantized / all (the rest stay bf16); bytes/bf16 = stored weight",
-        "  bytes of those linears (float ones at bf16) / all at bf16; cos X = mean cosine between the sentence",
-        "  embeddings (mean-pooled) of the quantized and the float model on backend X (1 = identical);",
-        "  ref = exact PyTorch reference; " + ", ".join(f"{short[b]} = {b} (CPU emulator of Ascend {short[b]})"
-                                                      for b in sims) + ";",
-        "  path = native: the SoC has a kernel for the scheme; fallback: exact fallback (no MX kernel on A2/A3:",
-        "  weights decoded exactly, activations stay bf16, hence a cosine different from ref); time = quantize",
-        f"  + run on all {len(bes)} backends.",
+        "Columns: linears = encoder linears quantized / all (the others stay bf16). bytes/bf16 = stored",
+        "  weight bytes of all encoder linears (float ones at bf16) / the same at bf16. cos X = mean cosine",
+        "  between the mean-pooled sentence embeddings of the quantized and the float model, run on backend X",
+        "  (1 = identical). ref = the exact PyTorch reference"
+        + "".join(f"; {short[b]} = {b}" for b in sims) + ("," if sims else "."),
+        *(["  the CPU emulators of those Ascend SoCs' torch_npu kernels."] if sims else []),
+        "  path = native: the SoC has a kernel for the scheme; fallback: exact fallback (A2/A3 have no MX",
+        "  kernel: weights decoded exactly, activations stay bf16, so the cosine differs from ref).",
+        f"  time s = quantize + run on all {len(bes)} backends.",
     ]
     if rep.get("notes"):
         lines.append(f"  {len(rep['notes'])} backend note(s) (fallback reasons) are in --json / shown with --verbose.")
@@ -278,12 +275,12 @@ def format_minilm_table(rep: dict) -> str:
 
 def next_steps(rep: dict) -> str:
     return "\n".join([
-        "Next steps (M is the model folder above; commands as run from this checkout):",
+        "Next steps (with .venv/bin on PATH, e.g. `source .venv/bin/activate`):",
         f"  M={rep['model_dir']}",
         "  omni-npu-quant calibrate --model $M --scheme mxfp4_dual --out minilm-dual   # mul_scale search, AscendV1",
         "  omni-npu-quant inspect minilm-dual                                          # what was written",
         "  omni-npu-quant parity --model $M --scheme mxfp4 --out parity-minilm        # backends layer by layer",
-        "  vllm serve minilm-dual --quantization omni_npu_quant --runner pooling      # NPU/GPU: docs/serving.md",
+        "  vllm serve minilm-dual --quantization omni_npu_quant --runner pooling  # needs NPU/GPU: docs/serving.md",
     ])
 
 

@@ -77,7 +77,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"omni-npu-quant parity: {e}", file=sys.stderr)
         return 2
     say(f"source: {src.description}; {len(src.layers)} quantized layer(s)")
-    rep = run_parity(src, statuses, repeat=args.repeat, end_to_end=not args.no_e2e, log=say)
+    from . import _quiet
+
+    n_avail = sum(1 for s in statuses if s.available)
+    steps = len(src.layers) * n_avail + (0 if args.no_e2e or src.model is None else n_avail)
+    bar = _quiet.progress(total=steps, desc="parity", unit="run")
+
+    def step(what: str) -> None:
+        bar.set_postfix_str(what[-40:], refresh=False)
+        bar.update(1)
+        if _quiet.is_verbose():
+            say(f"  done: {what}")
+
+    try:
+        rep = run_parity(src, statuses, repeat=args.repeat, end_to_end=not args.no_e2e, log=say, progress=step)
+    finally:
+        bar.close()
     for m in write_report(rep, args.out, plot=not args.no_plot):
         say(m)
     for tier, v in rep["verdict"].items():

@@ -9,9 +9,22 @@ import json
 import math
 import os
 
-__all__ = ["write_report", "to_markdown", "plot_layers", "REPORT_FILES"]
+FALLBACK_MODE = "exact fallback"  # omni_npu_quant.backends.base.FALLBACK (kept literal: no import of backends here)
+
+__all__ = ["write_report", "to_markdown", "plot_layers", "REPORT_FILES", "backend_colors", "ulp_cell"]
 
 REPORT_FILES = ("parity.json", "parity.md", "parity.png")
+
+# one colour per backend, the same in every panel (and every report): matplotlib's tab10 values
+_FIXED_COLORS = {
+    "reference": "#7f7f7f",   # grey
+    "npu": "#d62728",         # red
+    "npu-sim:A2": "#ff7f0e",  # orange
+    "npu-sim:A3": "#8c564b",  # brown
+    "npu-sim:A5": "#1f77b4",  # blue
+    "cuda": "#2ca02c",        # green
+}
+_SPARE_COLORS = ("#9467bd", "#e377c2", "#bcbd22", "#17becf", "#000000")
 
 
 def _clean(o):
@@ -44,9 +57,41 @@ def _cos(v):
     return f"{v:.6f}"
 
 
+def backend_colors(names) -> dict[str, str]:
+    """{backend: colour}: fixed for the known backends, then spare colours in first-seen order."""
+    out, spare = {}, iter(_SPARE_COLORS)
+    for b in names:
+        if b in out:
+            continue
+        out[b] = _FIXED_COLORS.get(b) or next(spare, "#000000")
+    return out
+
+
+def ulp_cell(r: dict) -> tuple[str, str | None]:
+    """(cell text, footnote key) of the "max ulp" column for one backend row.
+
+    An ulp distance only means something against an oracle the row is meant to match to the bit
+    (or within a few output ulps): the reference for native rows, the weight-only oracle for exact
+    fallbacks that follow it (``semantics == "weight-only"``, e.g. MX on A2/A3, marked ``(w-o)``).
+    A fallback that follows neither exactly (dual-scale on A2/A3 folds level-0 into the group scale)
+    gets no number: its distance to the reference is the quantization error itself, and ulps of
+    outputs near zero turn that into meaningless values such as 1e+39."""
+    if r.get("mode") == FALLBACK_MODE:
+        if r.get("semantics") == "weight-only" and r.get("vs_weight_only") is not None:
+            return f"{_f(r['vs_weight_only'].get('max_ulp'))} (w-o)", "wo"
+        return "n/a", "fallback"
+    vr = r.get("vs_reference") or {}
+    return _f(vr.get("max_ulp")), None
+
+
+def _title(src: dict) -> str:
+    d = str(src.get("description") or "").strip()
+    return d[0].upper() + d[1:] if d else "parity run"
+
+
 def to_markdown(rep: dict) -> str:
     src = rep["source"]
-    lines = [f"# Parity report: {src['description']}", ""]
+    lines = [f"# Parity report: {_title(src)}", ""]
     lines.append(f"Date {rep['date']}; torch {rep['host']['torch']} on {rep['host']['machine']}"
                  + (f", CUDA device {rep['host']['cuda_device']}" if rep["host"].get("cuda_device") else "")
                  + f"; activations {src['act_dtype']}; \"float\" = {src['float_reference']}.")
@@ -107,9 +152,10 @@ def to_markdown(rep: dict) -> str:
     lines.append("`quant` = activation quantizer bytes identical to the reference's; errors vs reference / vs float "
                  "are computed on the layer output for the same captured input.")
     lines.append("")
-    lines.append("| layer | scheme | (N, K) | backend | mode | quant | max ulp vs ref | rel L2 vs ref | "
+    lines.append("| layer | scheme | (N, K) | backend | mode | quant | max ulp vs oracle¹ | rel L2 vs ref | "
                  "cos vs float | rel L2 vs float | MAE vs float | latency (ms) |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    notes_used: set[str] = set()
     for L in rep["layers"]:
         for b, r in L["results"].items():
             head = f"| {L['name']} | {L['scheme']} | ({L['n']}, {L['k']}) | {b} | {r.get('mode', '')} |"
@@ -120,8 +166,23 @@ def to_markdown(rep: dict) -> str:
             qs = "–" if q is None else ("identical" if q["identical"] else f"DIFF {q['mismatch_frac']:.2g}")
             vr = r.get("vs_reference") or {}
             vf = r["vs_float"]
-            lines.append(head + f" {qs} | {_f(vr.get('max_ulp'))} | {_f(vr.get('rel_l2'))} | {_cos(vf['cosine'])} | "
+            ulp, note = ulp_cell(r) if b != "reference" else ("–", None)
+            if note:
+                notes_used.add(note)
+            lines.append(head + f" {qs} | {ulp} | {_f(vr.get('rel_l2'))} | {_cos(vf['cosine'])} | "
                          f"{_f(vf['rel_l2'])} | {_f(vf['mae'])} | {_f(r.get('latency_ms'), '.3f')} |")
+    lines.append("")
+    foot = ("¹ Largest error in units of the output dtype's ulp, against the oracle the row is meant to match: "
+            "the reference for native rows.")
+    if "wo" in notes_used:
+        foot += (" `(w-o)`: exact fallbacks that leave activations unquantized (MX on A2/A3) are measured against "
+                 "the weight-only oracle (float activations x exactly decoded weights) instead.")
+    if "fallback" in notes_used:
+        foot += (" `n/a`: a fallback that matches neither oracle bit for bit (e.g. dual-scale on A2/A3 folds level-0 "
+                 "into the group scale) has no meaningful ulp distance: its difference from the reference is the "
+                 "quantization error itself, and in ulps of outputs near zero it reads as huge numbers (1e+39); "
+                 "judge it by rel L2 and cosine.")
+    lines.append(foot)
     if src.get("skipped_layers"):
         lines.append("")
         lines.append("Layers left float: " + "; ".join(f"`{k}`: {v}" for k, v in src["skipped_layers"].items()))
@@ -157,6 +218,7 @@ def plot_layers(rep: dict, path: str) -> str | None:
     fig, axes = plt.subplots(2, 1, figsize=(max(8.0, 0.45 * len(names) + 3), 8), sharex=True)
     x = list(range(len(names)))
     markers = "os^vD<>p*h"
+    colors = backend_colors(backends)
     for i, b in enumerate(backends):
         vf, vr = [], []
         for L in layers:
@@ -165,11 +227,12 @@ def plot_layers(rep: dict, path: str) -> str | None:
             vf.append(r["vs_float"]["rel_l2"] if ok else math.nan)
             rr = (r.get("vs_reference") or {}).get("rel_l2") if ok else None
             vr.append(math.nan if rr is None else max(rr, 1e-12))
-        axes[0].plot(x, vf, marker=markers[i % len(markers)], linestyle="-", label=b, alpha=0.8)
+        style = {"marker": markers[i % len(markers)], "linestyle": "-", "label": b, "alpha": 0.8, "color": colors[b]}
+        axes[0].plot(x, vf, **style)
         if b != "reference":
-            axes[1].plot(x, vr, marker=markers[i % len(markers)], linestyle="-", label=b, alpha=0.8)
+            axes[1].plot(x, vr, **style)
     axes[0].set_ylabel("rel. L2 error vs float")
-    axes[0].set_title(rep["source"]["description"])
+    axes[0].set_title(_title(rep["source"]))
     axes[0].grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     axes[1].set_yscale("log")

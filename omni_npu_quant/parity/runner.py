@@ -93,8 +93,11 @@ def _cpu(d: dict) -> dict:
 
 
 def run_parity(src: ParitySource, statuses: list[BackendStatus], *, repeat: int = 3, end_to_end: bool = True,
-               log=None) -> dict:
-    """Compare every available backend with the reference and the float model; returns the report dict."""
+               log=None, progress=None) -> dict:
+    """Compare every available backend with the reference and the float model; returns the report dict.
+
+    ``progress(step: str)``, if given, is called after each (layer, backend) and each end-to-end backend
+    run (e.g. a tqdm bar's update); the per-layer summary line then goes to it instead of ``log``."""
     log = log or (lambda msg: None)
     ref_status = next((s for s in statuses if s.name == "reference" and s.available), None)
     if ref_status is None:
@@ -192,9 +195,12 @@ def run_parity(src: ParitySource, statuses: list[BackendStatus], *, repeat: int 
                 r["semantics"] = layer_semantics(e.scheme.name, r, src.act_dtype)
             r["vs_float"] = compare(y, ys_float[n])
             entry["results"][s.name] = r
+            if progress is not None:
+                progress(f"{n} [{s.name}]")
         layers_json.append(entry)
-        log(f"  {n}: " + ", ".join(
-            f"{b}={'ok' if rr.get('status') == 'ok' else rr.get('status')}" for b, rr in entry["results"].items()))
+        if progress is None:
+            log(f"  {n}: " + ", ".join(
+                f"{b}={'ok' if rr.get('status') == 'ok' else rr.get('status')}" for b, rr in entry["results"].items()))
 
     # ---- end to end ---------------------------------------------------------------------------
     e2e: dict[str, dict] = {}
@@ -237,6 +243,8 @@ def run_parity(src: ParitySource, statuses: list[BackendStatus], *, repeat: int 
                     r["oracle"] = f"{len(wo)} weight-only layer(s), the rest reference"
                     r["vs_oracle"] = _e2e_compare(out, o_out, src.image_like)
             e2e[s.name] = r
+            if progress is not None:
+                progress(f"end to end [{s.name}]")
         # float model latency, for scale
         _, fms = _timed(lambda: _model_out(src.model, src.inputs), torch.device("cpu"), repeat)
         e2e_float_ms = fms

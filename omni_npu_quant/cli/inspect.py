@@ -65,6 +65,19 @@ def describe(path) -> dict:
 
 
 def run(args) -> int:
+    from ..models.loading import pipeline_layout
+
+    layout = pipeline_layout(args.path)
+    if layout:  # the pipeline layout of quantize / calibrate (docs/diffusion.md): one checkpoint per transformer
+        if args.json:
+            infos = {sub: describe(p) for sub, p in layout.items()}
+            print(json.dumps({"path": str(args.path), "layout": "pipeline", "transformers": infos}, indent=2))
+            return 0 if all(i["valid"] for i in infos.values()) else 1
+        rc = 0
+        for sub, p in layout.items():
+            print(f"== {sub}")
+            rc = max(rc, run(type(args)(**{**vars(args), "path": str(p)})))
+        return rc
     info = describe(args.path)
     if args.json:
         print(json.dumps(info, indent=2))

@@ -269,6 +269,11 @@ def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch,
         from ..checkpoint import load_checkpoint
     except ImportError as e:
         raise RuntimeError(f"--checkpoint needs omni_npu_quant.checkpoint (not importable: {e})") from e
+    from ..models.loading import pipeline_layout
+
+    if layout := pipeline_layout(ckpt_dir):
+        raise ValueError(f"--checkpoint {ckpt_dir}: a quantized pipeline ({', '.join(layout)}); parity runs one "
+                         f"transformer: pass --checkpoint {os.path.join(str(ckpt_dir), next(iter(layout)))}")
     ck = load_checkpoint(ckpt_dir)
     entries: dict[str, LayerEntry] = {}
     for prefix, le in ck.layers.items():

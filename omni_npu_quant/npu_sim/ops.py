@@ -221,8 +221,10 @@ class NpuSimOps:
 
     def _int8_matmul(self, x1, x2, scale, *, offset, pertoken_scale, bias, output_dtype, y_scale):
         op = "npu_quant_matmul"
+        if x1.dtype == torch.int32 or x2.dtype == torch.int32:
+            raise NotImplementedError(f"{op}: int4 x int4 / int8 x int4 (int32-packed) modes are not emulated")
         _need(x1.dtype == torch.int8 and x2.dtype == torch.int8, op,
-              f"int8 mode needs int8 x1/x2, got {x1.dtype}/{x2.dtype} (int4 int32-packed is not emulated)")
+              f"int8 mode needs int8 x1/x2, got {x1.dtype}/{x2.dtype}")
         _need(2 <= x1.dim() <= 6, op, f"x1 must be 2-6-D, got {x1.dim()}-D")
         _need(y_scale is None, op, "y_scale is reserved on this path")
         _last_dims(op, x1=x1, x2=x2)

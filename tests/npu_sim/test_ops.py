@@ -126,6 +126,9 @@ def test_quant_matmul_int8_rejections():
         A2.npu_quant_matmul(x1, x2, torch.ones(2, dtype=BF16), output_dtype=FP16)
     with pytest.raises(NpuSimError, match="expected"):
         A2.npu_quant_matmul(x1, torch.zeros(2, 2, dtype=torch.int8), torch.ones(2), output_dtype=BF16)
+    with pytest.raises(NotImplementedError, match="int32-packed"):
+        A2.npu_quant_matmul(torch.zeros(2, 1, dtype=torch.int32), torch.zeros(8, 1, dtype=torch.int32), torch.ones(1),
+                            output_dtype=FP16)
     big = torch.zeros(1, 65536, dtype=torch.int8)
     with pytest.raises(NpuSimError, match="65535"):
         A2.npu_quant_matmul(big, torch.zeros(65536, 1, dtype=torch.int8), torch.ones(1), output_dtype=BF16)

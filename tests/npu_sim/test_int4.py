@@ -207,3 +207,32 @@ def test_int4_fractal_nz_rules():
     w_n32 = A2.npu_convert_weight_to_int4pack(A2.npu_format_cast(torch.ones(k, 32, dtype=I32), 29))
     with pytest.raises(NpuSimError, match="N % 64"):
         A2.npu_weight_quant_batchmatmul(x, w_n32, torch.ones(2, 32, dtype=BF16), antiquant_group_size=64)
+
+
+@pytest.mark.parametrize("dt", [BF16, FP16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("gs", [0, 32, 64, 128], ids=["per-channel", "g32", "g64", "g128"])
+@pytest.mark.parametrize("trans", [False, True], ids=["kn", "nk-view"])
+def test_int4_w4a16_sweep_against_unpacked_weights(dt, gs, trans):
+    """The W4A16 layouts (per-channel, groups 32/64/128, both weight layouts) against the unpacked int weights:
+    catches packing orientation and group-to-K mapping at realistic sizes (K = 320: 10 / 5 / 3 groups, last partial)."""
+    gen = torch.Generator().manual_seed(gs + trans)
+    m, k, n = 5, 320, 48
+    q = torch.randint(-8, 8, (k, n), dtype=I32, generator=gen)  # int4 values, logical (K, N)
+    g = -(-k // gs) if gs else 1
+    sc = (torch.rand(g, n, generator=gen) * 0.02 + 0.001).to(dt)
+    zp = torch.randint(-3, 4, (g, n), generator=gen).to(dt)  # msModelSlim zero point: w = (q - zp) * s
+    x = torch.randn(m, k, generator=gen).to(dt)
+    w = A2.npu_convert_weight_to_int4pack(q.t().contiguous()).t() if trans else A2.npu_convert_weight_to_int4pack(q)
+    kw = dict(antiquant_group_size=gs) if gs else {}
+    out = A2.npu_weight_quant_batchmatmul(x, w, sc if gs else sc[0], -zp if gs else -zp[0], **kw)  # the op adds
+    # reference: loop over K groups on the original int values, same roundings (x dtype after add and multiply)
+    deq = torch.empty(k, n, dtype=torch.float64)
+    for kk in range(0, k, gs or k):
+        gi = kk // gs if gs else 0
+        blk = q[kk:kk + (gs or k)].double()
+        t = (blk - zp[gi].double()).to(dt).double()
+        deq[kk:kk + (gs or k)] = (t * sc[gi].double()).to(dt).double()
+    ref = (x.double() @ deq).to(dt)
+    assert out.dtype == dt and out.shape == (m, n)
+    ulp = torch.finfo(dt).eps
+    assert bool(((out.double() - ref.double()).abs() <= ref.double().abs() * ulp + 1e-6).all())

@@ -137,6 +137,13 @@ class NpuSimOps:
     def __init__(self, profile: SocProfile):
         self.profile = profile
 
+    def _wq_bias_dtypes(self, x_dtype) -> tuple:
+        """Bias dtypes of npu_weight_quant_batchmatmul (hicann/ops-nn aclnnWeightQuantBatchMatmulV2 constraints):
+        A2/A3: fp32 for bf16 x, fp16 for fp16 x; Ascend 950 (A5): the x dtype, or fp32 when x is bf16."""
+        if self.profile.name == "A5":
+            return (BF16, F32) if x_dtype == BF16 else (FP16,)
+        return (F32,) if x_dtype == BF16 else (FP16,)
+
     # ---- helpers --------------------------------------------------------------------
     def _mx_only(self, op: str) -> None:
         if not self.profile.has_mx:
@@ -494,8 +501,10 @@ class NpuSimOps:
             _need(antiquant_offset.dtype == x.dtype and antiquant_offset.shape == antiquant_scale.shape, op,
                   "antiquant_offset must match antiquant_scale in dtype and shape")
         if bias is not None:
-            want = F32 if x.dtype == BF16 else FP16
-            _need(bias.dtype == want and bias.numel() == n, op, f"bias must be {want} ({n},) for {x.dtype} x")
+            want = self._wq_bias_dtypes(x.dtype)
+            _need(bias.dtype in want and bias.numel() == n, op,
+                  f"bias must be {' or '.join(map(str, want))} ({n},) for {x.dtype} x on {self.profile.name}, "
+                  f"got {bias.dtype} {list(bias.shape)}")
 
         def rows(t):  # (k, n) fp32 view of a scale / offset
             t = t.to(F32)
@@ -545,7 +554,12 @@ class NpuSimOps:
             k, n = weight.shape[0], INT4_PER_INT32 * weight.shape[1]
         _need(x.shape[1] == k, op, f"x has K={x.shape[1]} but the int4 weight {list(weight.shape)} "
                                    f"({'transposed, ' if trans else ''}8 int4 per int32) holds K={k}, N={n}")
-        _need(1 <= k <= MAX_LAST_DIM and 1 <= n <= MAX_LAST_DIM, op, f"K={k} and N={n} must lie in [1, {MAX_LAST_DIM}]")
+        a5 = self.profile.name == "A5"
+        if a5:  # A5: m, k, n in [1, 2^31 - 1]; x not transposed (contiguous)
+            _need(x.is_contiguous(), op, "x must be contiguous on A5 (no transposed x)")
+        else:
+            _need(1 <= k <= MAX_LAST_DIM and 1 <= n <= MAX_LAST_DIM, op,
+                  f"K={k} and N={n} must lie in [1, {MAX_LAST_DIM}]")
         _need(x.shape[0] >= 1, op, "x must not be empty (M >= 1)")
         # scales / offsets: dtype of x; int64 scales and int32 offsets exist only for int8 weights
         _need(antiquant_scale.dtype == x.dtype, op,
@@ -572,7 +586,11 @@ class NpuSimOps:
                   f"{antiquant_scale.dtype} (int32 offsets need an int64 scale and an int8 weight)")
             _need(tuple(antiquant_offset.shape) == shape, op,
                   f"antiquant_offset shape {list(antiquant_offset.shape)} must equal antiquant_scale shape {list(shape)}")
-        if nz:
+        if nz and a5:  # Ascend 950: NZ for per-channel / per-group, weight and x not transposed
+            _need(mode != "per-tensor" and not trans, op,
+                  f"FRACTAL_NZ int4 weight on A5: per-channel or per-group with a non-transposed weight "
+                  f"(got {mode}, transposed={trans})")
+        elif nz:
             if mode == "per-group":
                 _need(not trans and gs in (64, 128) and k % gs == 0 and n % 64 == 0, op,
                       f"FRACTAL_NZ int4 weight, per-group: weight not transposed, antiquant_group_size 64 or 128, "
@@ -582,8 +600,9 @@ class NpuSimOps:
             else:
                 _need(False, op, "FRACTAL_NZ int4 weight supports per-channel and per-group only, not per-tensor")
         if bias is not None:
-            want = F32 if x.dtype == BF16 else FP16
-            _need(bias.dtype == want, op, f"bias must be {want} for {x.dtype} x, got {bias.dtype}")
+            want = self._wq_bias_dtypes(x.dtype)
+            _need(bias.dtype in want, op,
+                  f"bias must be {' or '.join(map(str, want))} for {x.dtype} x on {self.profile.name}, got {bias.dtype}")
             _need(tuple(bias.shape) in ((n,), (1, n)), op, f"bias must be ({n},) or (1, {n}), got {list(bias.shape)}")
 
         w = unpack_int4(weight.transpose(0, 1).contiguous() if trans else weight)  # (N, K) or (K, N) int values

@@ -236,3 +236,29 @@ def test_int4_w4a16_sweep_against_unpacked_weights(dt, gs, trans):
     assert out.dtype == dt and out.shape == (m, n)
     ulp = torch.finfo(dt).eps
     assert bool(((out.double() - ref.double()).abs() <= ref.double().abs() * ulp + 1e-6).all())
+
+
+def test_int4_soc_specific_rules():
+    """A5 (aclnnWeightQuantBatchMatmulV2, Ascend 950 tables): bias may be bf16 for bf16 x; NZ int4 needs a
+    non-transposed weight for per-channel too; x must be contiguous.  A2/A3 keep fp32-only bias for bf16 x."""
+    x, w, sc, off = _case1()
+    b16 = torch.full((8,), 0.5, dtype=BF16)
+    with pytest.raises(NpuSimError, match="bias must be torch.float32 for"):
+        A2.npu_weight_quant_batchmatmul(x, w, sc, off, bias=b16)
+    a5 = A5.npu_weight_quant_batchmatmul(x, w, sc, off, bias=b16)
+    assert torch.equal(a5, A2.npu_weight_quant_batchmatmul(x, w, sc, off, bias=b16.float()))
+    with pytest.raises(NpuSimError, match="contiguous on A5"):
+        A5.npu_weight_quant_batchmatmul(x.t().contiguous().t(), w, sc)
+    k, n = 128, 64
+    w_nz = A5.npu_convert_weight_to_int4pack(A5.npu_format_cast(torch.ones(k, n, dtype=I32), 29))
+    xk = torch.ones(1, k, dtype=BF16)
+    assert A5.npu_weight_quant_batchmatmul(xk, w_nz, torch.full((n,), 0.5, dtype=BF16)).float().tolist() == [[64.0] * n]
+    with pytest.raises(NpuSimError, match="per-channel: the weight must be transposed"):  # the A2 rule
+        A2.npu_weight_quant_batchmatmul(xk, w_nz, torch.full((n,), 0.5, dtype=BF16))
+    with pytest.raises(NpuSimError, match="on A5: per-channel or per-group"):
+        A5.npu_weight_quant_batchmatmul(xk, w_nz, torch.ones(1, dtype=BF16))
+    # int8 weights follow the same bias rule
+    w8 = torch.tensor([[2], [3]], dtype=torch.int8)
+    x8 = torch.ones(1, 2, dtype=BF16)
+    assert A5.npu_weight_quant_batchmatmul(x8, w8, torch.tensor([0.5], dtype=BF16),
+                                           bias=torch.tensor([1.0], dtype=BF16)).float().tolist() == [[3.5]]

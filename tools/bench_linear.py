@@ -44,8 +44,8 @@ def weight_bytes(name, n, k):
 
 
 def run(sizes, ms, schemes, out_path, rep_ms=40, prefill_modes=("dequant",)):
-    from omni_npu_quant.backends.cuda import CudaBackend
-    from omni_npu_quant.backends.cuda import ops as cuda_ops
+    from omni_npu_quant.backends import CudaBackend
+    from omni_npu_quant.kernels.cuda.jit import ops as cuda_ops
     from omni_npu_quant.schemes.registry import get_scheme
 
     os.environ.setdefault("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "1")

@@ -1,50 +1,35 @@
-"""The one backend interface.
+"""The backend interface: a *backend* is a device target a user names (``reference``,
+``npu-sim:A2``, ``npu``, ``cuda``) plus its ordered kernel candidates.
 
-A backend turns a validated tensor set into a device-ready ``PreparedLinear`` once
-(``prepare``: transposes, format casts, scale layouts, decode-at-load fallbacks) and runs the
-linear (``apply``).  ``quantize_activation`` exposes the activation quantizer's raw output
-(the bytes the device op would produce) so parity checks can compare backends byte for byte.
-``capability`` says, without touching tensors, whether and how a scheme runs here.
+``capability(scheme)`` says, without touching tensors, whether and how a scheme runs here (and
+which kernel would run it); ``prepare`` validates a tensor set and hands it to the first kernel
+that accepts the layer; ``apply`` / ``quantize_activation`` run that kernel.  The compute lives in
+``omni_npu_quant.kernels``.
 """
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
+from ..kernels.base import FALLBACK, NATIVE, UNSUPPORTED, PreparedLinear
 from ..schemes.base import Scheme
 
 __all__ = ["Capability", "PreparedLinear", "LinearBackend", "NATIVE", "FALLBACK", "UNSUPPORTED"]
-
-NATIVE = "native"
-FALLBACK = "exact fallback"
-UNSUPPORTED = "unsupported"
 
 
 @dataclass(frozen=True)
 class Capability:
     mode: str  # NATIVE | FALLBACK | UNSUPPORTED
     reason: str = ""
+    kernel: str = ""  # the kernel that would run the scheme ("" when unsupported)
+    refusals: tuple[tuple[str, str], ...] = ()  # (kernel, why) of the candidates tried before it
+    verified: str = ""
 
     @property
     def ok(self) -> bool:
         return self.mode != UNSUPPORTED
-
-
-@dataclass
-class PreparedLinear:
-    """A linear layer ready for ``apply`` on one backend."""
-
-    scheme: Scheme
-    backend: str
-    n: int
-    k: int
-    act_dtype: torch.dtype
-    tensors: dict[str, Any] = field(default_factory=dict)  # backend-specific, prepared once
-    mode: str = NATIVE
-    notes: list[str] = field(default_factory=list)
 
 
 class LinearBackend(abc.ABC):

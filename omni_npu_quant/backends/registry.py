@@ -1,78 +1,80 @@
 """Backend lookup and selection.
 
 * ``get_backend(name)``: ``"reference"``, ``"npu"`` (real torch_npu, SoC detected), ``"npu-sim:A2"`` /
-  ``"npu-sim:A3"`` / ``"npu-sim:A5"`` (NPU backend on the CPU emulator of that SoC), ``"cuda"``
-  (``omni_npu_quant.backends.cuda``, imported lazily; absent -> a clear error).
-* ``select_backend(scheme, device=None) -> (backend, Capability)``: walks the ordered candidate list of
-  the device (npu -> [npu, reference]; cuda -> [cuda, reference]; cpu -> [reference]) and returns the
-  first backend whose ``capability(scheme)`` is not "unsupported"; every refusal is logged with its
-  reason.  ``OMNI_NPU_QUANT_BACKEND`` (same names as ``get_backend``) overrides the walk.
+  ``"npu-sim:A3"`` / ``"npu-sim:A5"`` (the NPU kernels on the CPU emulator of that SoC), ``"cuda"``.
+  ``name@kernel`` pins one kernel (e.g. ``cuda@reference.mx``).
+* ``select_backend(scheme, device=None) -> (backend, Capability)``: walks the device's backends
+  (npu -> [npu, reference]; cuda -> [cuda]; cpu -> [reference]) and returns the first whose
+  capability is not "unsupported"; refusals are logged with their reasons.
+* ``OMNI_NPU_QUANT_BACKEND`` (same names as ``get_backend``) overrides the walk: ``backend_override()``
+  is the one place that reads it.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable
 
 from ..platform import BACKEND_ENV, DeviceInfo, detect_device, device_from_name
 from ..schemes.base import Scheme
-from .base import UNSUPPORTED, Capability, LinearBackend
+from .backend import Backend, CudaBackend, NpuBackend, ReferenceBackend
+from .base import Capability
 
-__all__ = ["get_backend", "select_backend", "candidates_for", "BACKEND_NAMES", "BackendUnavailable"]
+__all__ = ["get_backend", "select_backend", "candidates_for", "backend_override", "backend_for_device",
+           "BACKEND_NAMES", "BackendUnavailable"]
 
 log = logging.getLogger("omni_npu_quant.backends")
 
 BACKEND_NAMES = ("reference", "npu", "npu-sim:A2", "npu-sim:A3", "npu-sim:A5", "cuda")
-_CACHE: dict[str, LinearBackend] = {}
+_CACHE: dict[str, Backend] = {}
 
 
 class BackendUnavailable(RuntimeError):
-    """A named backend cannot be constructed here (missing package, no device)."""
+    """A named backend cannot be constructed here."""
 
 
-def _make_reference() -> LinearBackend:
-    from .reference import ReferenceBackend
-
-    return ReferenceBackend()
-
-
-def _make_npu(soc: str | None = None, sim: bool = False) -> LinearBackend:
-    from .npu import NpuBackend
-
-    return NpuBackend(soc=soc, sim=sim)
+def backend_override() -> str | None:
+    """The value of ``OMNI_NPU_QUANT_BACKEND`` (validated), or None when unset."""
+    raw = os.environ.get(BACKEND_ENV, "").strip()
+    if not raw:
+        return None
+    _canonical(raw, what=f"{BACKEND_ENV}={raw!r}")
+    return raw
 
 
-def _make_cuda() -> LinearBackend:
-    try:
-        from .cuda import CudaBackend  # owned by the CUDA backend; optional
-    except ImportError as e:
-        raise BackendUnavailable(f"CUDA backend not available ({e}); install triton and use a CUDA build of torch, "
-                                 f"or pick backend 'reference'") from e
-    return CudaBackend()
-
-
-def get_backend(name: str) -> LinearBackend:
-    """A backend instance by name (cached per name)."""
-    key = name.strip()
-    if key.lower().startswith("npu-sim:"):
-        key = "npu-sim:" + key.split(":", 1)[1].upper()
+def _canonical(name: str, what: str = "") -> tuple[str, str | None]:
+    base, _, kernel = name.strip().partition("@")
+    base = base.strip()
+    if base.lower().startswith("npu-sim:"):
+        base = "npu-sim:" + base.split(":", 1)[1].upper()
     else:
-        key = key.lower()
-    if key in _CACHE:
-        return _CACHE[key]
-    makers: dict[str, Callable[[], LinearBackend]] = {
-        "reference": _make_reference,
-        "npu": _make_npu,
-        "npu-sim:A2": lambda: _make_npu("A2", True),
-        "npu-sim:A3": lambda: _make_npu("A3", True),
-        "npu-sim:A5": lambda: _make_npu("A5", True),
-        "cuda": _make_cuda,
-    }
-    if key not in makers:
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKEND_NAMES)}")
-    be = makers[key]()
-    _CACHE[key] = be
-    return be
+        base = base.lower()
+    if base not in BACKEND_NAMES:
+        raise ValueError(f"{what or repr(name)}: unknown backend {base!r}; known: {', '.join(BACKEND_NAMES)} "
+                         f"(optionally name@kernel)")
+    if kernel:
+        from ..kernels.registry import kernel_class
+
+        kernel_class(kernel.strip())  # raises with the known names
+    return base, (kernel.strip() or None)
+
+
+def _make(base: str, kernel: str | None) -> Backend:
+    if base == "reference":
+        return ReferenceBackend(kernel=kernel)
+    if base == "npu":
+        return NpuBackend(kernel=kernel)
+    if base.startswith("npu-sim:"):
+        return NpuBackend(base.split(":", 1)[1], sim=True, kernel=kernel)
+    return CudaBackend(kernel=kernel)
+
+
+def get_backend(name: str) -> Backend:
+    """A backend instance by name (cached per name)."""
+    base, kernel = _canonical(name)
+    key = base + (f"@{kernel}" if kernel else "")
+    if key not in _CACHE:
+        _CACHE[key] = _make(base, kernel)
+    return _CACHE[key]
 
 
 def _as_scheme(scheme) -> Scheme:
@@ -104,29 +106,29 @@ def candidates_for(device: DeviceInfo) -> list[str]:
         first = f"npu-sim:{device.family}" if device.simulated else "npu"
         return [first, "reference"]
     if device.kind == "cuda":
-        return ["cuda", "reference"]
+        return ["cuda"]
     return ["reference"]
 
 
-def _capability_of(name: str, scheme: Scheme, device: DeviceInfo) -> tuple[LinearBackend | None, Capability]:
-    try:
-        if name == "npu" and device.family is not None and not device.simulated:
-            key = f"npu@{device.family}"  # a named SoC (or the detected one): real torch_npu at prepare time
-            if key not in _CACHE:
-                _CACHE[key] = _make_npu(device.family, False)
-            be = _CACHE[key]
-        else:
-            be = get_backend(name)
-    except (BackendUnavailable, ImportError) as e:
-        return None, Capability(UNSUPPORTED, str(e))
-    return be, be.capability(scheme)
+def backend_for_device(device: DeviceInfo) -> Backend:
+    """The first backend of a device, bound to that device (a named profile such as ``A2`` or ``sm90``
+    gives a backend for that family, used for capability questions)."""
+    if device.kind == "npu":
+        if device.simulated:
+            return get_backend(f"npu-sim:{device.family}")
+        if device.probed:
+            return get_backend("npu")
+        return Backend("npu", device, "npu")
+    if device.kind == "cuda":
+        return get_backend("cuda") if device.probed else Backend("cuda", device, "cuda")
+    return get_backend("reference")
 
 
-def select_backend(scheme, device=None) -> tuple[LinearBackend, Capability]:
+def select_backend(scheme, device=None) -> tuple[Backend, Capability]:
     """First capable backend for ``scheme`` on ``device`` (None = this machine, or the env override)."""
     sch = _as_scheme(scheme)
-    override = os.environ.get(BACKEND_ENV, "").strip()
-    if device is None and override:
+    override = backend_override() if device is None else None
+    if override:
         be = get_backend(override)
         cap = be.capability(sch)
         if not cap.ok:
@@ -135,9 +137,10 @@ def select_backend(scheme, device=None) -> tuple[LinearBackend, Capability]:
         return be, cap
     dev = _as_device(device)
     refusals: list[str] = []
-    for name in candidates_for(dev):
-        be, cap = _capability_of(name, sch, dev)
-        if be is not None and cap.ok:
+    for i, name in enumerate(candidates_for(dev)):
+        be = backend_for_device(dev) if i == 0 else get_backend(name)
+        cap = be.capability(sch)
+        if cap.ok:
             if refusals:
                 log.warning("scheme %s on %s: falling back to backend '%s' (%s); refused: %s",
                             sch.name, dev.label, be.name, cap.mode, "; ".join(refusals))

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..backends.reference import ReferenceBackend
+from ..backends.registry import get_backend
 from ..schemes.registry import get_scheme
 
 __all__ = ["swapped_linears", "model_outputs", "rel_l2", "model_error"]
@@ -21,7 +21,7 @@ __all__ = ["swapped_linears", "model_outputs", "rel_l2", "model_error"]
 class _RefLinear(nn.Module):
     def __init__(self, label: str, tensors: dict, act_dtype: torch.dtype, where: str):
         super().__init__()
-        self._be = ReferenceBackend()
+        self._be = get_backend("reference")
         self._p = self._be.prepare(get_scheme(label), tensors, act_dtype, where=where)
 
     def forward(self, x):

@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from ..schemes.base import Scheme
-from ..schemes.mx import MXFP4Dual, _MXBase
 from ..schemes.registry import get_scheme
 from .collect import GroupStats, collect_stats
 from .report import REPORT_JSON, REPORT_MD, render_markdown
@@ -138,11 +137,9 @@ def _plan_layers(model: nn.Module, scheme: Scheme, opts: CalibOptions) -> tuple[
     for n in names:
         if n in kept:
             continue
-        k = mods[n].in_features
-        if isinstance(scheme, MXFP4Dual) and k % 512:
-            kept[n] = f"K={k} is not a multiple of 512 (dual-scale needs whole 512-channel blocks)"
-        elif isinstance(scheme, _MXBase) and k % 32:
-            kept[n] = f"K={k} is not a multiple of 32 (MX block)"
+        why = scheme.shape_problem(mods[n].out_features, mods[n].in_features)
+        if why:
+            kept[n] = why
     return [n for n in names if n not in kept], {n: kept[n] for n in names if n in kept}
 
 
@@ -281,8 +278,8 @@ def calibrate(opts: CalibOptions) -> dict:
     lm = load_model(opts.model, factory=opts.factory, dtype=dtype, seed=opts.seed, layers=opts.model_layers)
     model = lm.model.to(opts.device)
     act_dtype = lm.dtype
-    if act_dtype not in (torch.bfloat16, torch.float16) and isinstance(scheme, MXFP4Dual):
-        print(f"note: dual-scale activations are bf16/fp16 on the NPU; calibrating with {act_dtype}", file=sys.stderr)
+    if act_dtype not in (torch.bfloat16, torch.float16) and not scheme.weight_only:
+        print(f"note: {scheme.name} activations are bf16/fp16 on the NPU; calibrating with {act_dtype}", file=sys.stderr)
     calls = load_batches(opts.calib, lm, seq_len=opts.seq_len, num_samples=opts.num_samples, seed=opts.seed + 1)
     calls = [(tuple(_to(a, opts.device) for a in args), {k: _to(v, opts.device) for k, v in kw.items()})
              for args, kw in calls]

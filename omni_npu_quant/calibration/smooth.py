@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schemes.base import Scheme
-from ..schemes.int8 import W8A8Static
+from ..kernels import reference_linear
 from .collect import GroupStats
 
 __all__ = ["Candidate", "GroupResult", "make_mul_scale", "quantize_member", "search_group", "candidates"]
@@ -90,12 +90,12 @@ def quantize_member(scheme: Scheme, weight: torch.Tensor, bias: torch.Tensor | N
     kw = {}
     if mul_scale is not None:
         w = w / mul_scale
-    if isinstance(scheme, W8A8Static):
+    if scheme.needs_calibration:  # static activation range (w8a8_static)
         m = torch.ones_like(stats.amin) if mul_scale is None else mul_scale
         lo, hi = stats.amin * m, stats.amax * m  # m > 0 keeps min <= max per channel
         kw = {"act_min": float(lo.min()), "act_max": float(hi.max())}
     t = scheme.quantize_weight(w, None if bias is None else bias.detach(), **kw)
-    if isinstance(scheme, W8A8Static) and bias is not None:
+    if scheme.bias_in_quant_bias and bias is not None:
         t["bias"] = bias.detach().to(F32)  # msModelSlim keeps the fp32 float bias (folded into quant_bias)
     if mul_scale is not None:
         t["mul_scale"] = mul_scale.clone()
@@ -103,7 +103,7 @@ def quantize_member(scheme: Scheme, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def _output_error(scheme: Scheme, x: torch.Tensor, tensors: dict, y_ref: torch.Tensor) -> float:
-    y = scheme.forward(x, tensors).to(torch.float64)
+    y = reference_linear(scheme, x, tensors).to(torch.float64)
     return float(((y - y_ref) ** 2).sum())
 
 

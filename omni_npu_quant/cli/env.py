@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 
 from .. import platform as P
+from ..backends.capability import capability_row, capability_rows
+from ..schemes.registry import SCHEMES
 
 __all__ = ["add_arguments", "run", "render_table", "render_matrix"]
 
@@ -21,14 +23,16 @@ def add_arguments(parser) -> None:
 
 
 def render_table(family: str | None, markdown: bool = False) -> str:
-    rows = P.capability_rows(family) if family else [(s, P.capability_row(s, family)) for s in P.SCHEMES]
+    rows = capability_rows(family) if family else [(s, capability_row(s, family)) for s in SCHEMES]
     if markdown:
-        out = ["| scheme | backend | mode | how | verified |", "|---|---|---|---|---|"]
-        out += [f"| {s} | {r.backend} | {r.mode} | {r.reason} | {r.verified} |" for s, r in rows]
+        out = ["| scheme | backend | kernel | mode | how | verified |", "|---|---|---|---|---|---|"]
+        out += [f"| {s} | {r.backend} | {r.kernel or '-'} | {r.mode} | {r.reason} | {r.verified} |" for s, r in rows]
         return "\n".join(out)
     w = max(len(s) for s, _ in rows)
-    out = [f"{'scheme':<{w}}  {'backend':<9}  {'mode':<14}  reason  [verified]"]
-    out += [f"{s:<{w}}  {r.backend:<9}  {r.mode:<14}  {r.reason}  [{r.verified}]" for s, r in rows]
+    kw = max([len(r.kernel) for _, r in rows] + [6])
+    out = [f"{'scheme':<{w}}  {'backend':<9}  {'kernel':<{kw}}  {'mode':<14}  reason  [verified]"]
+    out += [f"{s:<{w}}  {r.backend:<9}  {r.kernel or '-':<{kw}}  {r.mode:<14}  {r.reason}  [{r.verified}]"
+            for s, r in rows]
     return "\n".join(out)
 
 
@@ -37,8 +41,8 @@ def render_matrix() -> str:
     short = {"native": "native", "exact fallback": "exact fallback", "unsupported": "unsupported"}
     head = "| scheme | " + " | ".join(P.DEVICE_FAMILIES) + " |"
     out = [head, "|---|" + "---|" * len(P.DEVICE_FAMILIES)]
-    for s in P.SCHEMES:
-        cells = [short[P.capability_row(s, f).mode] for f in P.DEVICE_FAMILIES]
+    for s in SCHEMES:
+        cells = [short[capability_row(s, f).mode] for f in P.DEVICE_FAMILIES]
         out.append(f"| {s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -67,10 +71,12 @@ def run(args) -> int:
         from ..backends.registry import select_backend
 
         print("\nselected backend per scheme on this machine:")
-        for s in P.SCHEMES:
+        for s in SCHEMES:
             try:
                 be, cap = select_backend(s)
-                print(f"  {s:<13} -> {be.name} ({cap.mode})")
+                print(f"  {s:<13} -> {be.name} / {cap.kernel} ({cap.mode})")
+                for kname, why in cap.refusals:
+                    print(f"  {'':<13}    refused {kname}: {why}")
             except Exception as e:  # show, do not crash the report
                 print(f"  {s:<13} -> error: {e}")
     return 0

@@ -16,15 +16,13 @@ def add_arguments(parser) -> None:
 
 
 def _backend_for(scheme_name: str) -> tuple[str, str, str]:
+    from ..backends.registry import select_backend
     from ..schemes.registry import get_scheme
 
     try:
-        from ..backends.registry import select_backend
-    except ImportError:
-        return "reference", "native", "backend registry not available; reference emulation"
-    try:
         be, cap = select_backend(get_scheme(scheme_name))
-        return be.name, cap.mode, cap.reason
+        why = cap.reason + "".join(f"; refused {k}: {w}" for k, w in cap.refusals if cap.mode != "exact fallback")
+        return f"{be.name}/{cap.kernel}", cap.mode, why
     except Exception as e:  # a refusal is information, not a crash
         return "none", "unsupported", str(e).splitlines()[0]
 
@@ -96,6 +94,11 @@ def run(args) -> int:
         print(f"totals: {len(info['layers'])} quantized layers, {t['quantized_layer_bytes']} bytes vs "
               f"{t['same_layers_bf16_bytes']} in bf16 (ratio {t['ratio_vs_bf16']}); "
               f"{info['float_tensors']} float tensors, {t['float_tensor_bytes']} bytes")
+        seen = {}
+        for r in info["layers"]:
+            seen.setdefault(r["scheme"], r)
+        for sname, r in seen.items():
+            print(f"kernel for {sname}: {r['backend']} ({r['mode']}): {r['reason']}")
     for p in info["problems"]:
         print(f"{p['severity']}: {p['file']}" + (f" [{p['tensor']}]" if p["tensor"] else "") + f": {p['message']}")
     print("validation: OK" if info["valid"] else

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["exponent_field", "pow2", "is_finite"]
+__all__ = ["exponent_field", "pow2"]
 
 
 def exponent_field(x: torch.Tensor) -> torch.Tensor:
@@ -27,6 +27,3 @@ def pow2(e: torch.Tensor) -> torch.Tensor:
     sub = torch.full_like(normal, 2.0 ** -127)
     return torch.where(e >= -126, normal, sub)
 
-
-def is_finite(x: torch.Tensor) -> torch.Tensor:
-    return torch.isfinite(x)

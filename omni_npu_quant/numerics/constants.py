@@ -20,7 +20,8 @@ MX_BLOCK = 32  # elements sharing one E8M0 scale
 MX_SCALE_PAIR = 2  # scales are stored as (..., ceil(K/64), 2): two 32-blocks per pair
 E8M0_BIAS = 127  # code c -> 2^(c - 127)
 E8M0_NAN = 255  # code 255 is NaN; there is no zero
-E8M0_MIN_EXP = -127  # code 0 == 2^-127, also the padding value of scale tensors
+E8M0_MIN_EXP = -127  # code 0 == 2^-127
+E8M0_PAD_CODE = 0  # the scale code of padding blocks (pair layout, K padding): every layout and kernel uses it
 E8M0_MAX_EXP = 127  # code 254
 
 DUAL_L0_BLOCK = 512  # level-0 (fp32) block of dual-level MXFP4

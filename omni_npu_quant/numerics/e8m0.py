@@ -26,7 +26,7 @@ import torch
 from .bits import exponent_field, pow2
 from .constants import E8M0_BIAS, E8M0_MIN_EXP, E8M0_NAN, E2M1, ElemFormat
 
-__all__ = ["shared_exponent", "exponent_to_code", "code_to_exponent", "decode_e8m0", "SCALE_ALGS"]
+__all__ = ["shared_exponent", "exponent_to_code", "code_to_exponent", "exponent_to_scale", "decode_e8m0", "SCALE_ALGS"]
 
 SCALE_ALGS = (0, 1, 2)
 
@@ -85,8 +85,13 @@ def code_to_exponent(code: torch.Tensor) -> torch.Tensor:
     return code.to(torch.int32) - E8M0_BIAS
 
 
+def exponent_to_scale(e: torch.Tensor) -> torch.Tensor:
+    """Unbiased int32 exponent (128 = the NaN marker) -> fp32 scale 2**e, NaN for the marker.
+    The one NaN rule of E8M0 scales (``decode_e8m0`` and ``mx.mx_dequantize`` use it)."""
+    s = pow2(e.clamp(max=127))
+    return torch.where(e >= 128, torch.full_like(s, float("nan")), s)
+
+
 def decode_e8m0(code: torch.Tensor) -> torch.Tensor:
     """E8M0 code (uint8) -> fp32 scale 2**(c-127); 255 -> NaN.  Exact (2**-127 is subnormal)."""
-    e = code_to_exponent(code)
-    s = pow2(e.clamp(max=127))
-    return torch.where(code.to(torch.int32) == E8M0_NAN, torch.full_like(s, float("nan")), s)
+    return exponent_to_scale(code_to_exponent(code))

@@ -21,7 +21,8 @@ from .constants import FP19_MASK, INT8_MAX, INT8_MIN, INT8_QMAX, TRANS_QUANT_PAR
 __all__ = [
     "dynamic_quant_int8", "quantize_weight_int8", "static_quant_int8", "dequantize_int8",
     "fp19_truncate", "deq_scale_to_int64", "trans_quant_param", "decode_deq_scale", "int64_deq_scale_to_fp32",
-    "int8_matmul",
+    "int8_matmul", "static_act_params", "deq_scale_fp32", "effective_deq_scale", "static_act_operands", "group_size_of",
+    "grouped_int8_matmul",
 ]
 
 _INV_127 = torch.tensor(1.0 / INT8_QMAX, dtype=torch.float32)  # fp32(1/127)
@@ -125,3 +126,65 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
     """
     acc = torch.matmul(a.to(torch.float64), b_t.to(torch.float64).transpose(-1, -2))
     return acc.to(torch.int32)
+
+
+# ---- static W8A8 parameters (msModelSlim W8A8) -------------------------------------------
+def static_act_params(act_min: float, act_max: float) -> tuple[float, float]:
+    """msModelSlim's asymmetric int8 activation parameters (signed zero point).
+
+    ``scale = (max - min) / 255``; ``offset = round(-min / scale) - 128``; the range always
+    contains 0.  Returns fp32-representable ``(input_scale, input_offset)``.
+    """
+    lo, hi = min(act_min, 0.0), max(act_max, 0.0)
+    scale = (hi - lo) / 255.0
+    if scale == 0.0:
+        scale = 1.0
+    scale = float(torch.tensor(scale, dtype=torch.float32))
+    offset = float(round(-lo / scale) - 128)
+    offset = max(-128.0, min(127.0, offset))
+    return scale, offset
+
+
+def deq_scale_fp32(deq: torch.Tensor) -> torch.Tensor:
+    """Full fp32 value of a ``deq_scale`` stored as fp32 or as msModelSlim's int64."""
+    if deq.dtype == torch.int64:
+        return int64_deq_scale_to_fp32(deq)
+    return deq.to(torch.float32)
+
+
+def effective_deq_scale(deq: torch.Tensor, act_dtype: torch.dtype) -> torch.Tensor:
+    """The fp32 scale the NPU matmul applies: FP19-truncated for fp16 outputs, full otherwise."""
+    full = deq_scale_fp32(deq)
+    if act_dtype == torch.float16:
+        return fp19_truncate(full)
+    return full
+
+
+def static_act_operands(input_scale: torch.Tensor, input_offset: torch.Tensor,
+                        act_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``npu_quantize`` is given for a static W8A8 layer: the reciprocal ``1/input_scale`` and
+    the offset, both rounded to the activation dtype (shape (1,)).  Every kernel uses this."""
+    recip = 1.0 / input_scale.to(torch.float32).reshape(-1)[:1]
+    return recip.to(act_dtype), input_offset.to(torch.float32).reshape(-1)[:1].to(act_dtype)
+
+
+def group_size_of(k: int, groups: int) -> int:
+    """K per weight-scale group (``groups`` <= 1: per channel, the whole K)."""
+    if groups <= 1:
+        return k
+    if k % groups:
+        raise ValueError(f"per-group weight_scale with {groups} groups does not divide K={k}")
+    return k // groups
+
+
+def grouped_int8_matmul(q: torch.Tensor, weight_scale: torch.Tensor, group_size: int, group_matmul) -> torch.Tensor:
+    """Per-group int8 GEMM with fp32 group scales: ``sum_g fp32(int32 acc_g) * weight_scale[:, g]``.
+
+    ``group_matmul(g, q_g)`` returns the exact int32 (M, N) product of group ``g``; groups are
+    summed in order in fp32 (the epilogue an NPU runs when it has no per-group int8 mode)."""
+    acc = None
+    for g in range(weight_scale.shape[-1]):
+        part = group_matmul(g, q[:, g * group_size:(g + 1) * group_size]).to(torch.float32)
+        part = part * weight_scale[:, g].to(torch.float32).reshape(1, -1)
+        acc = part if acc is None else acc + part
+    return acc

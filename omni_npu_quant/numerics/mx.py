@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 
 from .bits import pow2
-from .constants import E2M1, E4M3, E5M2, MX_BLOCK, ElemFormat
-from .e8m0 import exponent_to_code, code_to_exponent, shared_exponent
+from .constants import E2M1, E4M3, E5M2, E8M0_PAD_CODE, MX_BLOCK, ElemFormat
+from .e8m0 import code_to_exponent, exponent_to_code, exponent_to_scale, shared_exponent
 from .elements import quantize_elements_
 from .fp4 import decode_e2m1, encode_e2m1, pack_fp4, unpack_fp4
 from .fp8 import decode_e4m3, encode_e4m3
@@ -96,8 +96,7 @@ def mx_dequantize(values: torch.Tensor, exponents: torch.Tensor, *, block: int =
     v = values.movedim(axis, -1).to(torch.float32)
     e = exponents.movedim(axis, -1)
     k = v.shape[-1]
-    s = pow2(e.clamp(max=127))
-    s = torch.where(e >= 128, torch.full_like(s, float("nan")), s)
+    s = exponent_to_scale(e)
     out = (block_view(v, block) * s.unsqueeze(-1)).reshape(*v.shape[:-1], -1)[..., :k]
     return out.movedim(-1, axis)
 
@@ -106,7 +105,7 @@ def to_scale_pairs(codes: torch.Tensor, axis: int = -1) -> torch.Tensor:
     """E8M0 codes with nb blocks along ``axis`` -> pair layout with a trailing 2 (pad code 0)."""
     c = codes.movedim(axis, -1)
     if c.shape[-1] % 2:
-        c = torch.nn.functional.pad(c, (0, 1))  # code 0 == 2**-127
+        c = torch.nn.functional.pad(c, (0, 1), value=E8M0_PAD_CODE)
     c = c.reshape(*c.shape[:-1], -1, 2)  # (..., nb/2, 2)
     # put the pair axis back where ``axis`` was, keep the trailing 2
     return c.movedim(-2, axis - 1 if axis < 0 else axis)
@@ -137,7 +136,3 @@ def mx_decode(data: torch.Tensor, fmt: ElemFormat, k: int | None = None) -> torc
         return v if k is None else v[..., :k]
     raise ValueError(f"no storage form for {fmt.name}")
 
-
-def codes_to_exponents(codes: torch.Tensor) -> torch.Tensor:
-    """E8M0 codes -> int32 exponents with 128 as the NaN marker."""
-    return code_to_exponent(codes)

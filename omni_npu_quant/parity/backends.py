@@ -1,8 +1,7 @@
 """Resolve backend names for a parity run, saying clearly which are not available and why.
 
 Names: ``reference``, ``npu-sim:A2`` / ``npu-sim:A3`` / ``npu-sim:A5`` (the NPU emulator), ``npu``
-(real torch_npu), ``cuda``.  Backends come from ``omni_npu_quant.backends.registry.get_backend``;
-when that registry is not importable, only ``reference`` resolves (to ``ReferenceBackend``).
+(real torch_npu), ``cuda``.  Backends come from ``omni_npu_quant.backends.registry.get_backend``.
 Device probes are done here, before asking the registry, so that the reason reads like
 ``cuda: no CUDA device`` rather than a stack trace.
 """
@@ -10,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
+from .. import platform as P
 from ..backends.base import LinearBackend
+from ..backends.registry import get_backend
 
 __all__ = ["BackendStatus", "resolve_backend", "resolve_backends", "KNOWN_BACKENDS", "parse_backend_list"]
 
@@ -50,21 +52,10 @@ def parse_backend_list(spec: str) -> list[str]:
     return seen
 
 
-def _registry():
-    try:
-        return importlib.import_module("omni_npu_quant.backends.registry")
-    except ImportError as e:  # the registry is another engineer's module; tolerate its absence
-        if e.name and e.name.endswith("backends.registry"):
-            return None
-        raise
-
-
 def _real_torch_npu_reason() -> str | None:
     """None when a real torch_npu with an NPU is usable, else the reason."""
-    import sys
-
     mod = sys.modules.get("torch_npu")
-    if mod is not None and _is_emulator_module(mod):
+    if mod is not None and P.is_emulator(mod):
         return "npu: torch_npu not importable (only the omni_npu_quant emulator is loaded; use npu-sim:A2/A3/A5)"
     if mod is None and importlib.util.find_spec("torch_npu") is None:
         return "npu: torch_npu not importable"
@@ -78,11 +69,6 @@ def _real_torch_npu_reason() -> str | None:
     return None
 
 
-def _is_emulator_module(mod) -> bool:
-    f = getattr(mod, "__file__", "") or ""
-    return "npu_sim" in f or bool(getattr(mod, "__omni_npu_sim__", False)) or "omni_npu_quant" in getattr(mod, "__name__", "")
-
-
 def resolve_backend(name: str) -> BackendStatus:
     if name not in KNOWN_BACKENDS:
         return BackendStatus(name, None, f"{name}: unknown backend; known: {', '.join(KNOWN_BACKENDS)}")
@@ -92,21 +78,11 @@ def resolve_backend(name: str) -> BackendStatus:
         why = _real_torch_npu_reason()
         if why:
             return BackendStatus(name, None, why)
-    reg = _registry()
-    if reg is None:
-        if name == "reference":
-            from ..backends.reference import ReferenceBackend
-
-            return BackendStatus(name, ReferenceBackend(), "exact PyTorch emulation")
-        return BackendStatus(name, None, f"{name}: backend registry omni_npu_quant.backends.registry is not installed")
     try:
-        be = reg.get_backend(name)
+        be = get_backend(name)
     except Exception as e:  # noqa: BLE001 - the registry's own message is the reason
         return BackendStatus(name, None, f"{name}: {e}")
-    dev = getattr(be, "device", None)
-    if dev is None:
-        dev = "cuda" if name == "cuda" else ("npu" if name == "npu" else "cpu")
-    return BackendStatus(name, be, "", torch.device(dev))
+    return BackendStatus(name, be, "", torch.device(be.device))
 
 
 def resolve_backends(names: list[str]) -> list[BackendStatus]:

@@ -187,7 +187,11 @@ def run_parity(src: ParitySource, statuses: list[BackendStatus], *, repeat: int 
                 ref_y, ref_q = y, q
                 ref_q_cache[n] = q
             else:
-                r["quant"] = compare_bytes(q, ref_q) if ref_q is not None else None
+                if ref_q and not q:  # the kernel keeps activations in float (weight-only, e.g. MX on A2/A3)
+                    r["quant"] = None
+                    r["quant_note"] = "activations not quantized by this kernel (weight-only semantics)"
+                else:
+                    r["quant"] = compare_bytes(q, ref_q) if ref_q is not None else None
                 r["vs_reference"] = compare(y, ref_y) if ref_y is not None else None
                 if cap.mode == FALLBACK or getattr(p, "mode", NATIVE) == FALLBACK:
                     r["mode"] = FALLBACK
@@ -303,6 +307,8 @@ def _model_out(model, inputs):
         y = y[0]
     if hasattr(y, "logits"):
         y = y.logits
+    elif hasattr(y, "last_hidden_state"):  # encoders (BertModel ...): the hidden states are the output
+        y = y.last_hidden_state
     return y
 
 

@@ -4,17 +4,20 @@ A *tensor set* is a ``dict[str, Tensor]`` keyed by msModelSlim AscendV1 suffixes
 ``weight_scale``, ``weight_offset``, ``input_scale``, ``input_offset``, ``deq_scale``,
 ``quant_bias``, ``weight_dual_scale``, ``mul_scale``, ``bias``).  Weights are (N, K) = (out, in).
 Schemes are kernel-free: the math of a forward pass lives in ``omni_npu_quant.numerics`` and
-the compute in ``omni_npu_quant.backends``.
+the compute in ``omni_npu_quant.kernels`` (``omni_npu_quant.kernels.reference_linear`` is the exact
+reference forward).  Each concrete scheme lives in its own module and registers itself with
+``@register_scheme`` (``omni_npu_quant.schemes.registry``).
 """
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
-__all__ = ["TensorSpec", "Scheme", "SchemeValidationError", "ACT_DTYPES"]
+__all__ = ["TensorSpec", "Scheme", "SchemeValidationError", "ACT_DTYPES", "ceil_div", "effective_mul_scale",
+           "apply_mul_scale"]
 
 ACT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -52,11 +55,16 @@ class Scheme(abc.ABC):
     """Base class.  Subclasses set ``name`` / ``label`` and implement the hooks."""
 
     name: ClassVar[str] = ""
-    label: ClassVar[str] = ""  # msModelSlim per-tensor label
+    label: ClassVar[str] = ""  # msModelSlim per-tensor label this scheme writes
+    labels: ClassVar[tuple[str, ...]] = ()  # every label read as this scheme (``label`` first); set by register_scheme
     weight_bits: ClassVar[int] = 16
-    # whether ``mul_scale`` is fused into the activation quantizer (fp32 multiply, no rounding);
-    # otherwise the input is multiplied first and rounded to the activation dtype.
-    smooth_fused: ClassVar[bool] = False
+    order: ClassVar[int] = 100  # display order in tables
+    needs_calibration: ClassVar[bool] = False  # True: cannot be quantized online from float weights alone
+    in_main_job: ClassVar[bool] = False  # one of the schemes the demo and docs call "every scheme"
+    weight_only: ClassVar[bool] = False  # activations are not quantized (no activation quantizer)
+    bias_in_quant_bias: ClassVar[bool] = False  # the float bias is folded into an int32 quant_bias
+    per_group_scales: ClassVar[bool] = False  # weight_scale may be (N, K/group) (tensor_specs takes groups=)
+    row_amax_weight_scale: ClassVar[bool] = False  # online weight scale per output row from the row's amax
 
     # ---- storage ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -136,15 +144,6 @@ class Scheme(abc.ABC):
     def dequantize_weight(self, tensors: dict[str, torch.Tensor], k: int | None = None) -> torch.Tensor:
         """fp32 (N, K) weight that the stored tensors represent (exact where the format is)."""
 
-    # ---- reference semantics ----------------------------------------------------------
-    def forward(self, x: torch.Tensor, tensors: dict[str, torch.Tensor], *, add_bias: bool = True) -> torch.Tensor:
-        """Linear forward through the exact reference backend."""
-        from ..backends.reference import ReferenceBackend
-
-        be = ReferenceBackend()
-        prepared = be.prepare(self, tensors, x.dtype)
-        return be.apply(prepared, x, add_bias=add_bias)
-
     def describe(self) -> dict:
         return {"name": self.name, "label": self.label}
 
@@ -176,5 +175,3 @@ def apply_mul_scale(x: torch.Tensor, mul_scale: torch.Tensor | None) -> torch.Te
         return x
     return (x.to(torch.float32) * mul_scale.to(torch.float32)).to(x.dtype)
 
-
-RegistryFn = Callable[[], Scheme]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from omni_npu_quant.backends.reference import ReferenceBackend
+from omni_npu_quant.backends import ReferenceBackend
 from omni_npu_quant.numerics import int8 as I
 from omni_npu_quant.numerics import mx as MX
 from omni_npu_quant.schemes import SchemeValidationError, get_scheme
@@ -42,7 +42,7 @@ def be():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("name", ["mxfp4", "mxfp8", "w4a8_mxfp"])
 def test_mx_forward_matches_float64(be, gen, name, dtype):
-    n, k = 24, 100  # K not a multiple of 32
+    n, k = 24, 96  # 3 E8M0 blocks: an odd block count (the pair layout pads one)
     s = get_scheme(name)
     w = _w(n, k, gen)
     bias = torch.randn(n, generator=gen)
@@ -144,11 +144,11 @@ def test_w8a16_forward(be, gen):
 
 
 def test_activation_bytes_layouts(be, gen):
-    x = torch.randn(3, 100, generator=gen).to(torch.bfloat16)
-    for name, (q_shape, s_shape) in {"mxfp4": ((3, 50), (3, 2, 2)), "mxfp8": ((3, 100), (3, 2, 2)),
-                                     "w8a8_dynamic": ((3, 100), (3,))}.items():
+    x = torch.randn(3, 96, generator=gen).to(torch.bfloat16)
+    for name, (q_shape, s_shape) in {"mxfp4": ((3, 48), (3, 2, 2)), "mxfp8": ((3, 96), (3, 2, 2)),
+                                     "w8a8_dynamic": ((3, 96), (3,))}.items():
         s = get_scheme(name)
-        p = be.prepare(s, s.quantize_weight(_w(4, 100, gen)), torch.bfloat16)
+        p = be.prepare(s, s.quantize_weight(_w(4, 96, gen)), torch.bfloat16)
         out = be.quantize_activation(p, x)
         assert tuple(out["x_q"].shape) == q_shape and tuple(out["x_scale"].shape) == s_shape, name
     s = get_scheme("mxfp4_dual")
@@ -184,3 +184,14 @@ def test_validation_errors_name_the_tensor(be, gen):
     td = dyn.quantize_weight(_w(4, 32, gen))
     with pytest.raises(SchemeValidationError, match="'weight'.*dtype"):
         be.prepare(dyn, dict(td, weight=td["weight"].float()), torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp8", "w4a8_mxfp", "mxfp4_dual"])
+def test_mx_k_rule_refuses_partial_blocks(be, gen, name):
+    """One K rule per scheme (K % 32 for MX, K % 512 for dual-scale), the same for every consumer."""
+    s = get_scheme(name)
+    k = 1024 + 32 if s.dual_level else 100
+    assert s.shape_problem(8, k) and s.shape_problem(8, 1024) is None
+    t = s.quantize_weight(_w(8, k, gen))  # the numerics still quantize partial blocks
+    with pytest.raises(SchemeValidationError, match=f"multiple of {s.k_multiple}"):
+        be.prepare(s, t, torch.bfloat16, where="layers.0.q_proj")

@@ -11,7 +11,7 @@ from omni_npu_quant.calibration import pipeline as P
 from omni_npu_quant.checkpoint import load_checkpoint
 from omni_npu_quant.integrations.torch import load_quantized
 from omni_npu_quant.models import build_tiny, tiny_inputs
-from omni_npu_quant.schemes.int8 import static_act_params
+from omni_npu_quant.numerics.int8 import static_act_params
 
 from .conftest import run_calib
 

@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 import torch
+from omni_npu_quant.kernels import reference_linear
 
 os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
@@ -115,7 +116,16 @@ def write_case(out_dir: Path, case: str) -> Path:
     return write_ascendv1(out_dir, layers, floats)
 
 
+def _no_compiled_cpu_gemm() -> None:
+    """vLLM's CPU unquantized GEMM dispatch picks its compiled AMX kernels (``torch.ops._C``) on CPUs with
+    AMX tiles; the Python-only vLLM tree installed for these tests has no ``_C``, so keep its oneDNN path."""
+    import vllm.model_executor.layers.utils as vutils
+
+    vutils.check_cpu_sgl_kernel = lambda n, k, dtype: False
+
+
 def build_layers(quant_config, dtype=torch.bfloat16) -> dict:
+    _no_compiled_cpu_gemm()
     from vllm.model_executor.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear,
                                                    QKVParallelLinear, RowParallelLinear)
 
@@ -183,7 +193,7 @@ def reference_outputs(sets: dict[str, dict[str, torch.Tensor]], scheme_name: str
             t = dict(sets[n])
             if "bias" in t:
                 t["bias"] = t["bias"].to(bias_dtype).float()
-            parts.append(sch.forward(x[prefix], t))
+            parts.append(reference_linear(sch, x[prefix], t))
         out[prefix] = torch.cat(parts, dim=-1)
     return out
 
@@ -243,7 +253,7 @@ def row_partial_sum(sets, scheme_name: str, prefix: str, x: torch.Tensor, tp: in
                 t[key] = v.narrow(d, r * step, step).contiguous()
         if r > 0:
             t.pop("bias", None)
-        part = sch.forward(rank_input(prefix, x, r, tp), t, add_bias=(r == 0))
+        part = reference_linear(sch, rank_input(prefix, x, r, tp), t, add_bias=(r == 0))
         total = part if total is None else total + part
     return total
 

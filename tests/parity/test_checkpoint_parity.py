@@ -74,7 +74,10 @@ def test_written_checkpoint_identical_across_cpu_backends(mixed_ckpt):
             r = L["results"][b]
             if r["status"] != "ok":
                 continue
-            assert r["quant"]["identical"], (L["name"], b)
+            if r["quant"] is None:  # activations kept in float by this kernel (MX on A2/A3; W8A16)
+                assert r.get("quant_note") or L["scheme"] == "w8a16", (L["name"], b)
+            else:
+                assert r["quant"]["identical"], (L["name"], b)
             if L["exactness"] == "E0":  # int8: identical outputs on every CPU backend
                 assert r["vs_reference"]["identical"], (L["name"], b, r["vs_reference"])
     assert seen == {v for plan in PLAN for v in plan.values()}

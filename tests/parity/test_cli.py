@@ -44,7 +44,7 @@ def test_default_run_writes_json_md_png(tmp_path, capsys):
 
 def test_image_model_psnr_and_strict_exit(tmp_path, monkeypatch):
     """tiny-dit reports PSNR; --fail-on strict exits 1 when a backend breaks the rule."""
-    from omni_npu_quant.backends.reference import ReferenceBackend
+    from omni_npu_quant.backends import ReferenceBackend
     from omni_npu_quant.parity import backends as B
 
     class Flip(ReferenceBackend):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from omni_npu_quant.backends.base import UNSUPPORTED, Capability
-from omni_npu_quant.backends.reference import ReferenceBackend
+from omni_npu_quant.backends import ReferenceBackend
 from omni_npu_quant.parity import build_source, resolve_backends, run_parity
 from omni_npu_quant.parity.backends import BackendStatus, parse_backend_list, resolve_backend
 

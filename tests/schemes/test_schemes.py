@@ -7,7 +7,7 @@ import torch
 from omni_npu_quant.numerics import mx as MX
 from omni_npu_quant.numerics.constants import E2M1
 from omni_npu_quant.schemes import LABEL_TO_SCHEME, MAIN_SCHEMES, SCHEMES, SchemeValidationError, get_scheme
-from omni_npu_quant.schemes.int8 import effective_deq_scale, static_act_params
+from omni_npu_quant.numerics.int8 import effective_deq_scale, static_act_params
 
 EXPECTED_SHAPES = {  # (N, K) = (8, 1024)
     "w8a8_dynamic": {"weight": ((8, 1024), torch.int8), "weight_scale": ((8, 1), torch.float32)},

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ...schemes.base import Scheme
-from ...schemes.int8 import W8A8Static
 from ...schemes.registry import LABEL_TO_SCHEME, get_scheme
 from ..selection import SelectionError, compile_pattern, leading_blocks, match_patterns, resolve_layer_choice
 from .config import FLOAT, QuantConfig
@@ -183,11 +182,12 @@ def collect_act_ranges(model: nn.Module, names: Iterable[str], calib_data) -> di
 
 def quantize_(model: nn.Module, config: QuantConfig | Mapping | str = "mxfp4", *, calib_data=None,
               act_ranges: Mapping[str, tuple[float, float]] | None = None,
-              backend=None) -> nn.Module:
+              backend=None, progress=None) -> nn.Module:
     """Quantize ``model``'s ``nn.Linear`` layers in place (online, from their float weights).
 
     ``w8a8_static`` layers need activation ranges: ``act_ranges={name: (min, max)}`` or ``calib_data``
-    (batches fed to ``model(...)`` before quantization).  Returns ``model``.
+    (batches fed to ``model(...)`` before quantization).  ``progress``: optional wrapper of the list of
+    layers to quantize (e.g. ``lambda it: tqdm(it)``; the CLI's bar).  Returns ``model``.
     """
     if isinstance(config, str):
         config = QuantConfig(scheme=config)
@@ -195,7 +195,7 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping | str = "mxfp4", *
         config = QuantConfig.from_dict(dict(config))
     backend = backend if backend is not None else config.backend
     plan = plan_quantization(model, config)
-    static = [p.name for p in plan if p.quantized and isinstance(get_scheme(p.scheme, **p.options), W8A8Static)]
+    static = [p.name for p in plan if p.quantized and get_scheme(p.scheme, **p.options).needs_calibration]
     ranges = dict(act_ranges or {})
     need = [n for n in static if n not in ranges]
     if need:
@@ -204,9 +204,8 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping | str = "mxfp4", *
                              f"act_ranges={{name: (min, max)}} or calib_data=...")
         ranges.update(collect_act_ranges(model, need, calib_data))
     mods = dict(model.named_modules())
-    for p in plan:
-        if not p.quantized:
-            continue
+    todo = [p for p in plan if p.quantized]
+    for p in (progress(todo) if progress is not None else todo):
         lin: nn.Linear = mods[p.name]
         scheme = get_scheme(p.scheme, **p.options)
         calib = {}

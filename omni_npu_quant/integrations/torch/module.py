@@ -17,22 +17,15 @@ log = logging.getLogger("omni_npu_quant.integrations.torch")
 
 def resolve_backend(scheme: Scheme, backend=None, device=None) -> tuple[LinearBackend, Capability]:
     """The backend object for ``scheme``: a given instance, a name, or the platform dispatcher's choice."""
+    from ...backends.registry import get_backend, select_backend
+
     if isinstance(backend, LinearBackend):
         cap = backend.capability(scheme)
+    elif backend is None:
+        backend, cap = select_backend(scheme, device)
     else:
-        try:
-            from ...backends.registry import get_backend, select_backend
-        except ImportError:  # the dispatcher is optional: the exact reference always works
-            from ...backends.reference import ReferenceBackend
-
-            backend = ReferenceBackend()
-            cap = backend.capability(scheme)
-        else:
-            if backend is None:
-                backend, cap = select_backend(scheme, device)
-            else:
-                backend = get_backend(str(backend))
-                cap = backend.capability(scheme)
+        backend = get_backend(str(backend))
+        cap = backend.capability(scheme)
     if cap.mode == UNSUPPORTED:
         raise RuntimeError(f"backend '{backend.name}' cannot run scheme {scheme.name}: {cap.reason}")
     return backend, cap
@@ -40,11 +33,9 @@ def resolve_backend(scheme: Scheme, backend=None, device=None) -> tuple[LinearBa
 
 def _device_hint(device: torch.device):
     """The device the dispatcher should pick for: the tensors' device, unless the env override is set."""
-    try:
-        from ...platform import BACKEND_ENV
-    except ImportError:
-        return device.type
-    return None if os.environ.get(BACKEND_ENV, "").strip() else device.type
+    from ...backends.registry import backend_override
+
+    return None if backend_override() else device.type
 
 
 class QuantLinear(nn.Module):

@@ -25,10 +25,8 @@ from vllm.model_executor.layers.linear import (LinearMethodBase, RowParallelLine
 from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleParameter, GroupQuantScaleParameter,
                                            ModelWeightParameter, PerTensorScaleParameter, RowvLLMParameter)
 
-from ...numerics.constants import DUAL_L0_BLOCK, MX_BLOCK
 from ...schemes.base import Scheme, SchemeValidationError
-from ...schemes.int8 import W8A8Dynamic, W8A8Static, W8A16, deq_scale_fp32
-from ...schemes.mx import MXFP4Dual, _MXBase
+from ...numerics.int8 import deq_scale_fp32
 from ..torch.module import resolve_backend
 
 __all__ = ["OmniNpuLinearMethod"]
@@ -72,12 +70,10 @@ class OmniNpuLinearMethod(LinearMethodBase):
         where = self.prefix or type(layer).__name__
         s = self.scheme
         is_row = isinstance(layer, RowParallelLinear)
-        if isinstance(s, MXFP4Dual) and k % DUAL_L0_BLOCK:
-            raise ValueError(f"{where}: dual-scale MXFP4 needs K per tensor-parallel rank to be a multiple of "
-                             f"{DUAL_L0_BLOCK}; got K={k} (input_size {input_size}, tp_size {getattr(layer, 'tp_size', 1)})")
-        if is_row and k != input_size and isinstance(s, _MXBase) and k % MX_BLOCK:
-            raise ValueError(f"{where}: MX scheme {s.name} needs K per tensor-parallel rank to be a multiple of "
-                             f"{MX_BLOCK}; got K={k}")
+        bad = s.shape_problem(n, k)
+        if bad:
+            raise ValueError(f"{where}: {bad} (K per tensor-parallel rank; input_size {input_size}, "
+                             f"tp_size {getattr(layer, 'tp_size', 1)})")
         layer.omni_scheme = s
         layer.omni_act_dtype = params_dtype
         layer.omni_k = k
@@ -109,7 +105,7 @@ class OmniNpuLinearMethod(LinearMethodBase):
             layer.register_parameter("weight", w)
             layer.omni_param_names.append("weight")
             return
-        if isinstance(s, (W8A8Dynamic, W8A16)) and self.group_size and self.group_size < input_size:
+        if s.per_group_scales and self.group_size and self.group_size < input_size:
             if k % self.group_size:
                 raise ValueError(f"{where}: group_size {self.group_size} does not divide K={k}")
             specs = s.tensor_specs(n, k, groups=k // self.group_size)
@@ -127,7 +123,7 @@ class OmniNpuLinearMethod(LinearMethodBase):
     def _online_tensors(self, layer) -> dict[str, torch.Tensor]:
         s, w = self.scheme, layer.weight.data
         tp = getattr(layer, "tp_size", 1)
-        if isinstance(s, W8A8Dynamic) and layer.omni_is_row and tp > 1:
+        if s.row_amax_weight_scale and layer.omni_is_row and tp > 1:
             # per-output-row scale from the GLOBAL row amax, so TP>1 weights equal TP=1 weights:
             # append the all-reduced amax as one extra column; the numerics rule then picks it.
             import torch.distributed as dist
@@ -185,7 +181,7 @@ class OmniNpuLinearMethod(LinearMethodBase):
         else:
             tensors = self._checkpoint_tensors(layer, where)
         bias = getattr(layer, "bias", None)
-        if bias is not None and not isinstance(s, W8A8Static):
+        if bias is not None and not s.bias_in_quant_bias:
             tensors["bias"] = bias.data.to(torch.float32)  # float bias of W8A8 static is folded in quant_bias
         self.backend, cap = resolve_backend(s, self.backend_request, _vllm_device())
         layer.omni_capability = cap
@@ -200,7 +196,7 @@ class OmniNpuLinearMethod(LinearMethodBase):
 
     def apply(self, layer, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         s = self.scheme
-        if isinstance(s, W8A8Static):
+        if s.bias_in_quant_bias:
             # quant_bias carries the folded float bias: add it once (row-parallel: TP rank 0 only)
             add = not (layer.omni_is_row and getattr(layer, "tp_rank", 0) > 0)
         else:
@@ -210,15 +206,10 @@ class OmniNpuLinearMethod(LinearMethodBase):
 
 def _vllm_device():
     """Device hint for the dispatcher, from vLLM's current platform (None -> let the registry detect)."""
-    import os
+    from ...backends.registry import backend_override
 
-    try:
-        from ...platform import BACKEND_ENV
-
-        if os.environ.get(BACKEND_ENV, "").strip():
-            return None
-    except ImportError:
-        pass
+    if backend_override():
+        return None
     try:
         from vllm.platforms import current_platform
     except Exception:  # pragma: no cover

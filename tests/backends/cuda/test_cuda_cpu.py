@@ -25,7 +25,7 @@ def test_import_without_triton_or_gpu():
         import sys
         sys.modules['triton'] = None  # any 'import triton' raises ImportError
         import torch
-        from omni_npu_quant.backends.cuda import CudaBackend
+        from omni_npu_quant.backends import CudaBackend
         from omni_npu_quant.schemes.registry import get_scheme
         be = CudaBackend(device='cuda')
         cap = be.capability(get_scheme('mxfp4'))
@@ -39,24 +39,26 @@ def test_import_without_triton_or_gpu():
 
 
 def test_capability_without_cuda():
-    from omni_npu_quant.backends.cuda import CudaBackend
+    from omni_npu_quant.backends import CudaBackend
     from omni_npu_quant.schemes.registry import get_scheme
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; test_cuda_gpu covers it")
     cap = CudaBackend().capability(get_scheme("w8a8_dynamic"))
     assert cap.mode == "unsupported" and "CUDA" in cap.reason
-    with pytest.raises(RuntimeError, match="cuda backend cannot run"):
+    from omni_npu_quant.kernels import KernelPrepareError
+
+    with pytest.raises(KernelPrepareError, match="backend 'cuda' cannot run"):
         CudaBackend().prepare(get_scheme("w8a8_dynamic"), {}, torch.bfloat16, where="layer0")
 
 
 INTERP_SCRIPT = textwrap.dedent("""
-    from omni_npu_quant.backends.cuda import interpret
+    from omni_npu_quant.kernels.cuda.jit import interpret
     interpret.enable()
     import sys, torch
     sys.path.insert(0, {here!r})
     from _cuda_cases import edge_rows, same_bits
-    from omni_npu_quant.backends.cuda import ops, twins
+    from omni_npu_quant.kernels.cuda.jit import ops, twins
     from omni_npu_quant.numerics.constants import E4M3, E2M1
     fails = []
     def check(ok, what):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _cuda_cases import edge_rows, same_bits
-from omni_npu_quant.backends.reference import ReferenceBackend
+from omni_npu_quant.backends import ReferenceBackend
 from omni_npu_quant.numerics.constants import E2M1, E4M3
 from omni_npu_quant.schemes.registry import get_scheme
 
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():  # the conftest skips too; this keeps the imports below off CPU CI
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
-from omni_npu_quant.backends.cuda import CudaBackend, ops, twins  # noqa: E402
+from omni_npu_quant.backends import CudaBackend
+from omni_npu_quant.kernels.cuda.jit import ops, twins  # noqa: E402
 
 DEV = "cuda"
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -36,7 +36,7 @@ def _tol(r):
 
 
 def _mods():
-    from omni_npu_quant.backends.cuda import decode, ops, twins
+    from omni_npu_quant.kernels.cuda.jit import decode, ops, twins
 
     return decode, ops, twins
 
@@ -136,8 +136,8 @@ def test_decode_matches_dot_scaled_path(afmt, wfmt, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_backend_decode_vs_reference(name, dtype, monkeypatch):
     monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_DECODE", "1")
-    from omni_npu_quant.backends.cuda import CudaBackend
-    from omni_npu_quant.backends.reference import ReferenceBackend
+    from omni_npu_quant.backends import CudaBackend
+    from omni_npu_quant.backends import ReferenceBackend
 
     scheme = get_scheme(name)
     g = _g(11)
@@ -162,10 +162,10 @@ def test_backend_decode_vs_reference(name, dtype, monkeypatch):
 
 
 INTERP = textwrap.dedent("""
-    from omni_npu_quant.backends.cuda import interpret
+    from omni_npu_quant.kernels.cuda.jit import interpret
     interpret.enable()
     import torch
-    from omni_npu_quant.backends.cuda import decode, twins
+    from omni_npu_quant.kernels.cuda.jit import decode, twins
     from omni_npu_quant.numerics.constants import E2M1, E4M3
     g = torch.Generator().manual_seed(0)
     fails = []
@@ -200,7 +200,7 @@ def test_decode_kernel_in_triton_interpreter():
 def test_decode_switch_and_split():
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed in this environment")
-    from omni_npu_quant.backends.cuda import decode
+    from omni_npu_quant.kernels.cuda.jit import decode
 
     old = os.environ.pop("OMNI_NPU_QUANT_CUDA_DECODE", None)
     try:

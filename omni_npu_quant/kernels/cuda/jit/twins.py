@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from ...numerics import int8 as I
-from ...numerics import mx as MX
-from ...numerics.constants import E2M1, ElemFormat
-from ...numerics.e8m0 import code_to_exponent, exponent_to_code
-from ...numerics.gemm import dual_level_matmul, mx_matmul
-from ...numerics.mx_dual import dual_level_quantize
-from ...schemes.base import apply_mul_scale
+from ....numerics import int8 as I
+from ....numerics import mx as MX
+from ....numerics.constants import E2M1, ElemFormat
+from ....numerics.e8m0 import code_to_exponent, exponent_to_code
+from ....numerics.gemm import dual_level_matmul, mx_matmul
+from ....numerics.mx_dual import dual_level_quantize
+from ....schemes.base import apply_mul_scale
 
 F32 = torch.float32
 

@@ -12,9 +12,9 @@ import os
 import torch
 import triton
 
-from ...numerics.constants import E2M1, E4M3, ElemFormat
+from ....numerics.constants import E2M1, E4M3, ElemFormat
 from . import decode as _decode
-from . import kernels as K
+from . import triton_kernels as K
 
 _ROUND = {"rint": 0, "round": 1, "floor": 2}
 _LAUNCH = {"enable_fp_fusion": False}

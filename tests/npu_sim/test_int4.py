@@ -262,3 +262,21 @@ def test_int4_soc_specific_rules():
     x8 = torch.ones(1, 2, dtype=BF16)
     assert A5.npu_weight_quant_batchmatmul(x8, w8, torch.tensor([0.5], dtype=BF16),
                                            bias=torch.tensor([1.0], dtype=BF16)).float().tolist() == [[3.5]]
+
+
+def test_int4_parameter_flow_like_vllm_ascend():
+    """vllm-ascend's dense wNa16 kernel: ``layer.weight_packed.data = npu_convert_weight_to_int4pack(q_kn)``, scales
+    (G, N), then ``npu_weight_quant_batchmatmul(x=x, weight=layer.weight_packed, ...)`` with keyword arguments."""
+    k, n, gs = 128, 16, 64
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-8, 8, (k, n), dtype=I32, generator=gen)
+    layer = torch.nn.Module()
+    layer.weight_packed = torch.nn.Parameter(torch.empty(n, k // 8, dtype=I32), requires_grad=False)
+    layer.weight_packed.data = A2.npu_convert_weight_to_int4pack(q)
+    layer.weight_scale = torch.nn.Parameter(torch.full((k // gs, n), 0.25, dtype=BF16), requires_grad=False)
+    x = torch.ones(2, k, dtype=BF16)
+    out = A2.npu_weight_quant_batchmatmul(x=x, weight=layer.weight_packed, antiquant_scale=layer.weight_scale,
+                                          antiquant_offset=None, antiquant_group_size=gs, bias=None)
+    want = (0.25 * q.sum(0).double()).to(BF16).float().tolist()  # q * 0.25 exact, fp32 sum exact, one bf16 rounding
+    assert out.float().tolist() == [want] * 2
+    assert layer.weight_packed.shape == (k, n // 8)

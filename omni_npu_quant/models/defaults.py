@@ -13,13 +13,18 @@ block, so an error there is applied to every token of every block; the final ``n
 ``proj_out`` (and Z-Image's ``all_final_layer``) write the predicted noise / velocity directly;
 the patch embedders (``x_embedder``, ``img_in``) read raw latents with K = channels x patch (64),
 below most schemes' block sizes.  Together they are a few percent of the weights of a 14B DiT.
-vLLM-Omni reaches the same place from the other side: its DiT definitions build these modules
-as plain (unquantized) layers and its per-model ``ignored_layers`` tables list only block layers
-(docs/user_guide/diffusion/quantization/fp8.md of vllm-project/vllm-omni: Qwen-Image skips
-``img_mlp``, Flux / Z-Image quantize every block layer); its dual-scale online method keeps the
-first ``num_bf16_fallback_layers`` (default 5) ``blocks.N`` of Wan2.2 in BF16
-(vllm_omni/quantization/mxfp4_config.py) -- that option is ``QuantConfig.num_bf16_fallback_layers``
-here, generalised to every block container and to the last blocks as well.
+vLLM-Omni keeps the Wan2.2 conditioning path unquantized by construction: in
+vllm-project/vllm-omni ``vllm_omni/diffusion/models/wan2_2/wan2_2_transformer.py`` the condition
+embedder is built from diffusers' ``TimestepEmbedding`` / ``PixArtAlphaTextProjection`` and a plain
+``nn.Linear`` ``time_proj`` with no ``quant_config``, while the block projections (``to_qkv``,
+``to_out``, the FFN) take the ``quant_config``.  Its per-model ``ignored_layers`` tables
+(``docs/user_guide/diffusion/quantization/fp8.md``) then list only block layers: Qwen-Image skips
+``img_mlp`` for FP8, Flux and Z-Image quantize every block layer.  Its dual-scale online method
+keeps the first ``num_bf16_fallback_layers`` (default 5) ``blocks.N`` of Wan2.2 in BF16
+(``vllm_omni/quantization/mxfp4_config.py``, as summarised in our dual-scale reference notes) --
+that option is ``QuantConfig.num_bf16_fallback_layers`` here, generalised to every block container
+and to the last blocks as well.  The entries for the other classes are our choice by the same
+reasoning, not copied from a vLLM-Omni table.
 
 LLMs: ``lm_head`` and the output embedding (tied to the input embedding when
 ``tie_word_embeddings``) stay float, as msModelSlim's default adapters and ``calibrate`` do.
@@ -155,15 +160,13 @@ def fallback_blocks(model: nn.Module, names: Sequence[str], count: int, side: st
         raise SelectionError(f"num_bf16_fallback_layers={count}: no layer name contains a numbered block "
                              f"('<container>.<index>.'), e.g. {list(names)[:3]}")
     if containers is not None:
-        seqs = {"": sorted({b for b in block_of.values()}, key=lambda b: (containers.index(b[0]), b[1]))}
-        key_of = {n: "" for n in block_of}
+        seqs = {"": sorted(set(block_of.values()), key=lambda b: (containers.index(b[0]), b[1]))}
     else:
         seqs = {}
         for b in set(block_of.values()):
             seqs.setdefault(b[0], []).append(b)
         for v in seqs.values():
             v.sort(key=lambda b: b[1])
-        key_of = {n: b[0] for n, b in block_of.items()}
     chosen: dict[tuple[str, int], str] = {}
     for seq in seqs.values():
         if side in ("first", "both"):
@@ -173,7 +176,7 @@ def fallback_blocks(model: nn.Module, names: Sequence[str], count: int, side: st
             for b in seq[-count:]:
                 chosen.setdefault(b, "last")
     return {n: f"num_bf16_fallback_layers={count} ({chosen[b]} blocks stay float): {b[0]}.{b[1]}"
-            for n, b in block_of.items() if b in chosen and key_of[n] is not None}
+            for n, b in block_of.items() if b in chosen}
 
 
 def kept_float_by_defaults(model: nn.Module, names: Sequence[str], config) -> dict[str, str]:

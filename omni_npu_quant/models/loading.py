@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 __all__ = ["ModelLoadError", "LoadedDir", "detect", "pipeline_transformers", "stored_dtype", "load_dir",
-           "load_components", "model_from_config", "quantized_layout", "pipeline_layout", "is_quantized_dir", "quiet_third_party",
-           "DIFFUSERS_PIPELINE", "DIFFUSERS_MODEL", "TRANSFORMERS"]
+           "load_components", "model_from_config", "quantized_layout", "pipeline_layout", "is_quantized_dir",
+           "quiet_third_party", "DIFFUSERS_PIPELINE", "DIFFUSERS_MODEL", "TRANSFORMERS"]
 
 DIFFUSERS_PIPELINE = "diffusers-pipeline"
 DIFFUSERS_MODEL = "diffusers"

@@ -238,8 +238,8 @@ class NpuSimOps:
         k = x1.shape[-1]
         w_nk = self._x2_nk(op, x2, k)
         n = w_nk.shape[0]
-        # output_dtype=None means int8 (torch-npu wheel 2.14.0: torch_npu/_op_plugin_docs.py, npu_quant_matmul:
-        # "默认值为None, 代表输出Tensor数据类型为int8"; op-plugin QuantMatmulKernelNpuOpApi.cpp allocates kChar)
+        # output_dtype=None means int8 (torch-npu wheel 2.14.0: torch_npu/_op_plugin_docs.py, npu_quant_matmul,
+        # output_dtype entry; Ascend/op-plugin op_plugin/ops/opapi/QuantMatmulKernelNpuOpApi.cpp allocates kChar)
         out_kind = "int8" if output_dtype is None else _kind(output_dtype)
         _need(out_kind in ("fp16", "bf16", "int8", "int32"), op, f"output_dtype {output_dtype} not supported for int8")
         sk = _kind(scale.dtype)
@@ -256,7 +256,7 @@ class NpuSimOps:
                   "pertoken_scale needs float16/bfloat16 output" + (" (output_dtype=None means int8)"
                                                                     if output_dtype is None else ""))
             _need(pertoken_scale.dtype == F32, op, f"pertoken_scale must be float32, got {pertoken_scale.dtype}")
-            # 1-D (m,), m = x1's m (torch-npu wheel 2.14.0 docstring: "shape需要是1维(m,), 其中m与x1的m一致");
+            # 1-D (m,) with m of x1 (torch-npu wheel 2.14.0: torch_npu/_op_plugin_docs.py, pertoken_scale entry);
             # for batched x1 (..., m, k) the same m scales are applied to every batch (our reading)
             m = x1.shape[-2]
             _need(pertoken_scale.dim() == 1 and pertoken_scale.shape[0] == m, op,

@@ -134,6 +134,9 @@ class Installation:
         _restore(self._prev)
 
     def __enter__(self) -> types.ModuleType:
+        if not self.active:
+            raise RuntimeError(f"this npu_sim {self.soc} installation was already uninstalled; call "
+                               f"npu_sim.install({self.soc!r}) again")
         return self.module
 
     def __exit__(self, *exc) -> bool:

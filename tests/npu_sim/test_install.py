@@ -166,6 +166,11 @@ def test_install_is_not_undone_by_garbage_collection(clean):
     assert sys.modules["torch_npu"].profile.name == "A5" and npu_sim.installed().profile.name == "A5"
     assert npu_sim.uninstall() is True  # removes both, restores the state before the first
     assert "torch_npu" not in sys.modules and npu_sim.installed() is None and npu_sim.uninstall() is False
+    spent = npu_sim.install("A2")
+    spent.uninstall()
+    spent.uninstall()  # idempotent
+    with pytest.raises(RuntimeError, match="already uninstalled"):
+        spent.__enter__()
 
 
 def test_nested_installs_restore_in_order(clean):

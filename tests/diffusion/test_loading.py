@@ -49,6 +49,19 @@ def test_transformers_encoder_stays_an_encoder(tmp_path):
     assert not any("lm_head" in n or "cls." in n for n, _ in ld.model.named_modules())
     m = model_from_config(json.loads((tmp_path / "bert" / "config.json").read_text()), dtype=torch.float32)
     assert type(m).__name__ == "BertModel"
+    from omni_npu_quant.cli.main import main
+
+    assert main(["quantize", "--model", str(tmp_path / "bert"), "--scheme", "w8a8_dynamic", "--out",
+                 str(tmp_path / "q")]) == 0
+    from omni_npu_quant.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "q")
+    assert "encoder.layer.0.attention.self.query" in ck.layers and not any("cls." in k for k in ck.float_tensors)
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["architectures"] == ["BertModel"]
+    fresh = transformers.BertModel(cfg).to(torch.bfloat16)
+    from omni_npu_quant.integrations.torch import load_quantized
+
+    load_quantized(fresh, tmp_path / "q", backend="reference")  # loads back into the encoder class
 
 
 def test_errors_name_the_directory_and_what_is_missing(tmp_path):

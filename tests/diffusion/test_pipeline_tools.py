@@ -180,3 +180,23 @@ def test_quantize_inspect_parity_take_diffusers_directories(wan_pipeline_dir, di
     assert rc == 2 and "transformer" in text and "pass --checkpoint" in text
     rc, text = _run(["calibrate", "--model", str(wan_pipeline_dir), "--out", str(tmp_path / "c")], capsys)
     assert rc == 2 and "--pipeline" in text
+
+
+def test_parity_replays_a_captured_call(dit_dirs, tmp_path, capsys):
+    """parity --model DIR --inputs FILE: the saved-inputs format of a capture drives the model run."""
+    d = dit_dirs["QwenImageTransformer2DModel"]
+    from omni_npu_quant.models.loading import load_dir
+
+    model = load_dir(d).model
+    args, kwargs = example_call(model, seed=9, tokens=36)
+    with CaptureInputs(model, max_samples=2) as cap, torch.no_grad():
+        model(*args, **kwargs)
+    path = cap.save(tmp_path / "cap")["transformer"]
+    rc, text = _run(["parity", "--model", str(d), "--scheme", "w8a8_dynamic", "--inputs", str(path),
+                     "--backends", "reference", "--repeat", "1", "--no-plot", "--out", str(tmp_path / "p")], capsys)
+    assert rc == 0, text
+    rep = json.loads((tmp_path / "p" / "parity.json").read_text())
+    assert rep["source"]["inputs"]["shape"] == [1, 36, 64]  # the captured latents, not the built-in example
+    rc, text = _run(["parity", "--model", str(d), "--scheme", "w8a8_dynamic", "--inputs", str(tmp_path / "x.pt"),
+                     "--backends", "reference", "--out", str(tmp_path / "p2")], capsys)
+    assert rc == 2 and "saved call inputs" in text

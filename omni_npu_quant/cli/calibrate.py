@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         float_blocks=args.float_blocks, smooth=not args.no_smooth, alphas=args.alphas, clamps=args.clamps,
         scale_min=args.scale_min, max_rows=args.max_rows, num_samples=args.num_samples, seq_len=args.seq_len,
         seed=args.seed, model_layers=args.layers, evaluate=not args.no_eval, part_file_size=args.part_file_size,
-        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
     try:
         rep = calibrate(opts)
     except (ValueError, OSError) as e:
@@ -142,7 +142,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         float_blocks=args.float_blocks, smooth=not args.no_smooth, alphas=args.alphas, clamps=args.clamps,
         scale_min=args.scale_min, max_rows=args.max_rows, num_samples=args.num_samples, seq_len=args.seq_len,
         seed=args.seed, evaluate=not args.no_eval, part_file_size=args.part_file_size, overwrite=args.overwrite,
-        progress=not args.no_progress)
+        progress=_progress(args))
     try:
         res = calibrate_pipeline(opts, pipeline=args.pipeline, prompts=read_prompts(args.prompts), steps=args.steps,
                                  height=args.height, width=args.width, num_frames=args.num_frames,
@@ -162,3 +162,10 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         print(line)
     print(f"wrote {args.out}/model_index.json (pipeline layout, docs/diffusion.md)")
     return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal, and not with --no-progress or the global -q/--quiet."""
+    from ._quiet import progress_enabled
+
+    return not args.no_progress and progress_enabled()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 TINY = {"tiny-llama": "llama", "tiny-dit": "dit"}
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "fp32": "float32",
@@ -157,19 +158,26 @@ def _quantize_one(args, cfg, model, model_dir, kind, *, out) -> int:
             print(json.dumps([p.__dict__ for p in plan], indent=1))
         else:
             print(format_plan(plan))
+            _print_plan_notes(args, plan, out)
         return 0
     calib = None
     if kind in ("llama", "dit"):
         from ..models.tiny import tiny_inputs
 
         calib = tiny_inputs(kind, model=model, batch=2, seq=32, dtype=dtype)
+    if calib is None and _calibration_needed(plan):
+        print(f"error: {_calibrate_hint(args, plan, out)}", file=sys.stderr)
+        return 2
     try:
         with torch.no_grad():
-            quantize_(model, cfg, calib_data=calib)
+            from ._quiet import progress
+
+            quantize_(model, cfg, calib_data=calib, progress=lambda it: progress(it, desc="quantize", unit="layer"))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_plan(plan))
+    _print_plan_notes(args, plan, out, calibrated=calib is not None)
     if out:
         from ..checkpoint import write_ascendv1
 
@@ -185,3 +193,34 @@ def _quantize_one(args, cfg, model, model_dir, kind, *, out) -> int:
                               part_file_size=args.part_file_size, copy_from=model_dir, overwrite=args.overwrite)
         print(f"wrote {path} ({len(layers)} quantized layers, {len(float_tensors)} float tensors)")
     return 0
+
+
+def _calibration_needed(plan) -> list:
+    """The planned layers whose scheme needs activation ranges (the scheme says so: ``needs_calibration``)."""
+    from ..schemes import get_scheme
+
+    return [p for p in plan if p.quantized and getattr(get_scheme(p.scheme, **p.options), "needs_calibration", False)]
+
+
+def _calibrate_hint(args, plan, out) -> str:
+    import shlex
+
+    need = _calibration_needed(plan)
+    scheme = need[0].scheme
+    dest = out or f"{Path(str(args.model)).name or 'model'}-{scheme}"
+    return (f"{scheme} needs calibration (static activation ranges) for {len(need)} layer(s), e.g. {need[0].name}; "
+            f"quantize has no calibration data for --model {args.model}. Use:\n"
+            f"  omni-npu-quant calibrate --model {shlex.quote(str(args.model))} --scheme {scheme} "
+            f"--out {shlex.quote(str(dest))}\n"
+            f"or an online scheme (w8a8_dynamic, mxfp8, mxfp4, w4a8_mxfp, mxfp4_dual, w8a16)")
+
+
+def _print_plan_notes(args, plan, out, *, calibrated: bool = False) -> None:
+    """After the plan: every layer kept float, grouped by its reason, and the calibration hint."""
+    from collections import Counter
+
+    kept = Counter(p.reason.removeprefix("kept float: ") for p in plan if not p.quantized)
+    for reason, n in kept.most_common():
+        print(f"kept float: {n} layer(s): {reason}")
+    if _calibration_needed(plan) and not calibrated and args.model not in TINY:
+        print(f"note: {_calibrate_hint(args, plan, out)}")

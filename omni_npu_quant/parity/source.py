@@ -141,6 +141,8 @@ def capture_linear_io(model: nn.Module, inputs: torch.Tensor, names: list[str]) 
         y = y[0]
     if hasattr(y, "logits"):
         y = y.logits
+    elif hasattr(y, "last_hidden_state"):  # encoders (BertModel ...): the hidden states are the output
+        y = y.last_hidden_state
     return xs, ys, y.detach()
 
 

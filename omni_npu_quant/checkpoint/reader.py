@@ -405,12 +405,12 @@ class _Scan:
         w = self.infos[sufs["weight"]] if "weight" in sufs else None
         if w is None or len(w.shape) != 2:
             return 0
-        if scheme_name in ("mxfp4", "w4a8_mxfp", "mxfp4_dual"):
+        k = get_scheme(scheme_name).k_from_weight_cols(int(w.shape[1]))
+        if k != int(w.shape[1]):  # packed: an odd K is only known from a (K,) tensor
             ms = sufs.get("mul_scale")
             if ms is not None and len(self.infos[ms].shape) == 1:
                 return int(self.infos[ms].shape[0])
-            return 2 * int(w.shape[1])
-        return int(w.shape[1])
+        return k
 
     def _file(self, key) -> str:
         info = self.infos.get(key)

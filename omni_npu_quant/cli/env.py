@@ -47,12 +47,26 @@ def render_matrix() -> str:
     return "\n".join(out)
 
 
+FAMILY_TITLES = {
+    "A2": "Atlas A2 (Ascend 910B, soc_version 220-225)", "A3": "Atlas A3 (Ascend 910_93, 250-255)",
+    "A5": "Ascend 950PR/DT (260)", "310P": "Atlas 300I (310P, 200-205)", "sm80": "NVIDIA SM80/86/87 (A100, A10, ...)",
+    "sm89": "NVIDIA SM89 (L40S, RTX 40)", "sm90": "NVIDIA SM90 (H100/H200)", "sm100": "NVIDIA SM100/103 (B200/B300)",
+    "sm120": "NVIDIA SM120/121 (RTX 50, RTX PRO 6000, GB10)", "cpu": "CPU (any, and any device without a row)",
+}
+
+
+def render_all(markdown: bool) -> str:
+    """The full matrix and every device's table (the generated part of docs/hardware.md with --markdown)."""
+    parts = ["## Summary\n\n" + render_matrix() if markdown else render_matrix()]
+    for fam in P.DEVICE_FAMILIES:
+        head = f"## {FAMILY_TITLES.get(fam, fam)}\n" if markdown else f"== {fam} =="
+        parts.append(head + "\n" + render_table(fam, markdown))
+    return "\n\n".join(parts)
+
+
 def run(args) -> int:
     if args.all:
-        print(render_matrix())
-        for fam in P.DEVICE_FAMILIES:
-            print(f"\n### {fam}\n" if args.markdown else f"\n== {fam} ==")
-            print(render_table(fam, args.markdown))
+        print(render_all(args.markdown))
         return 0
     if args.as_device:
         dev = P.device_from_name(args.as_device)

@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..parity import build_source, parse_backend_list, resolve_backends, run_parity, write_report
+    from ..schemes.registry import get_scheme
 
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     if args.checkpoint and args.scheme:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"omni-npu-quant parity: {e}", file=sys.stderr)
         return 2
     opts = {"act_round_mode": args.act_round_mode} if args.act_round_mode else {}
-    if opts and args.scheme in ("w8a8_dynamic", "w8a8_static", "w8a16", "W8A8", "W8A8_DYNAMIC", "W8A16"):
+    if opts and args.scheme and not hasattr(get_scheme(args.scheme), "act_round_mode"):
         print("omni-npu-quant parity: --act-round-mode applies to MX schemes only", file=sys.stderr)
         return 2
     statuses = resolve_backends(names)

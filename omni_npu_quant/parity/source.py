@@ -16,7 +16,6 @@ is calibrated with the per-layer min / max of the captured float inputs.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..integrations.selection import compile_pattern
 from ..schemes.base import Scheme, SchemeValidationError
 from ..schemes.registry import get_scheme
 
@@ -64,23 +64,19 @@ class ParitySource:
 
 # ---------------------------------------------------------------------------------------------
 def select_layers(names: list[str], pattern: str | None) -> list[str]:
-    """Filter linear names by a comma-separated list of globs (``re:`` prefix = regex, ``!`` = exclude)."""
+    """Filter linear names by a comma-separated list of entries in the package's one selection grammar
+    (``omni_npu_quant.integrations.selection``: exact name or dot-boundary prefix, glob, ``re:`` full match);
+    a leading ``!`` excludes."""
     if not pattern:
         return list(names)
     inc, exc = [], []
     for p in (s.strip() for s in pattern.split(",")):
         if not p:
             continue
-        (exc if p.startswith("!") else inc).append(p.lstrip("!"))
+        (exc if p.startswith("!") else inc).append(compile_pattern(p.lstrip("!"), what="--layers"))
 
     def hit(n, pats):
-        for p in pats:
-            if p.startswith("re:"):
-                if re.search(p[3:], n):
-                    return True
-            elif fnmatch.fnmatchcase(n, p):
-                return True
-        return False
+        return any(p.matches(n) for p in pats)
 
     out = [n for n in names if (not inc or hit(n, inc)) and not hit(n, exc)]
     if not out:

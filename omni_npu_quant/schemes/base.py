@@ -75,6 +75,10 @@ class Scheme(abc.ABC):
         """The specs that apply to this tensor set (per-group schemes read the group count)."""
         return self.tensor_specs(n, k, has_bias="bias" in tensors)
 
+    def k_from_weight_cols(self, cols: int) -> int:
+        """K of a stored 2-D ``weight`` with ``cols`` columns (packed formats hold several values per byte)."""
+        return int(cols)
+
     def infer_shape(self, tensors: dict[str, torch.Tensor]) -> tuple[int, int]:
         """(N, K) from a tensor set (K of packed FP4 weights is 2x the stored columns)."""
         w = tensors.get("weight")

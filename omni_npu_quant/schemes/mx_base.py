@@ -51,9 +51,12 @@ class MXScheme(Scheme):
             return TensorSpec("weight", (U8,), (n, ceil_div(k, 2)), input_dim=1, output_dim=0, doc="packed FP4 E2M1")
         return TensorSpec("weight", (torch.float8_e4m3fn, U8), (n, k), input_dim=1, output_dim=0)
 
+    def k_from_weight_cols(self, cols: int) -> int:
+        return 2 * int(cols) if self.weight_fmt is E2M1 else int(cols)
+
     def infer_shape(self, tensors):
         n, c = super().infer_shape(tensors)
-        return n, (2 * c if self.weight_fmt is E2M1 else c)
+        return n, self.k_from_weight_cols(c)
 
     def tensor_specs(self, n, k, *, has_bias=False):
         return [

@@ -230,10 +230,8 @@ def quantized_tensor_sets(model: nn.Module) -> dict[str, tuple[str, dict[str, to
 def _entries(ckpt) -> tuple[dict[str, tuple[str, dict, int | None]], dict[str, torch.Tensor]]:
     """Normalize a checkpoint source to ({prefix: (scheme_name, tensors, k)}, float_tensors)."""
     if isinstance(ckpt, (str, Path)):
-        try:
-            from ...checkpoint import load_checkpoint
-        except ImportError as e:  # pragma: no cover - the checkpoint package ships with us
-            raise RuntimeError(f"cannot read checkpoint {ckpt}: omni_npu_quant.checkpoint unavailable ({e})") from e
+        from ...checkpoint import load_checkpoint
+
         ckpt = load_checkpoint(ckpt)
     if hasattr(ckpt, "layers") and hasattr(ckpt, "float_tensors"):
         layers = {p: (e.scheme_name, e.tensors, getattr(e, "k", None)) for p, e in ckpt.layers.items()}

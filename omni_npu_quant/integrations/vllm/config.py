@@ -19,7 +19,7 @@ import torch
 from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
-from ...schemes.registry import LABEL_TO_SCHEME, get_scheme
+from ...schemes.registry import LABEL_TO_SCHEME, get_scheme, scheme_names
 from ..selection import BLOCK_RE, compile_pattern
 from .methods import OmniNpuLinearMethod
 
@@ -30,7 +30,7 @@ log = logging.getLogger("omni_npu_quant.vllm")
 
 CHECKPOINT_METHOD = "omni_npu_quant"
 DESCRIPTION_FILE = "quant_model_description.json"
-ONLINE_SCHEMES = ("w8a8_dynamic", "mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual", "w8a16")
+ONLINE_SCHEMES = scheme_names(online=True)  # every registered scheme that quantizes from float weights alone
 FLOAT_LABEL = "FLOAT"
 ACT_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 

@@ -18,14 +18,12 @@ from ..schemes.registry import get_scheme
 __all__ = ["swapped_linears", "model_outputs", "rel_l2", "model_error"]
 
 
-class _RefLinear(nn.Module):
-    def __init__(self, label: str, tensors: dict, act_dtype: torch.dtype, where: str):
-        super().__init__()
-        self._be = get_backend("reference")
-        self._p = self._be.prepare(get_scheme(label), tensors, act_dtype, where=where)
+def _RefLinear(label: str, tensors: dict, act_dtype: torch.dtype, where: str) -> nn.Module:
+    """A ``QuantLinear`` on the reference backend: it exposes its stored tensors as (frozen) parameters, so
+    models that query ``next(module.parameters())`` (Wan's time embedder) keep working while swapped."""
+    from ..integrations.torch.module import QuantLinear
 
-    def forward(self, x):
-        return self._be.apply(self._p, x)
+    return QuantLinear(get_scheme(label), tensors, backend=get_backend("reference"), act_dtype=act_dtype, name=where)
 
 
 @contextlib.contextmanager

@@ -200,3 +200,15 @@ def test_parity_replays_a_captured_call(dit_dirs, tmp_path, capsys):
     rc, text = _run(["parity", "--model", str(d), "--scheme", "w8a8_dynamic", "--inputs", str(tmp_path / "x.pt"),
                      "--backends", "reference", "--out", str(tmp_path / "p2")], capsys)
     assert rc == 2 and "saved call inputs" in text
+
+
+def test_calibrate_wan_with_quantized_embedders_finishes(dit_dirs, tmp_path):
+    """calibrate w8a8_static died with a bare StopIteration after the search (the evaluation swap had no
+    parameters for Wan's next(time_embedder.parameters()))."""
+    from omni_npu_quant.calibration import CalibOptions, calibrate
+
+    rep = calibrate(CalibOptions(out=str(tmp_path / "ck"), model=str(dit_dirs["WanTransformer3DModel"]),
+                                 scheme="w8a8_static", default_ignores=False, num_samples=2, **FAST_CALIB))
+    names = {r["name"] for r in rep["layers"]}
+    assert "condition_embedder.time_embedder.linear_1" in names
+    assert rep["model_error"]["calibrated"] < 0.05

@@ -78,7 +78,7 @@ class QuantLinear(nn.Module):
     def _register_stored(self, tensors: dict[str, torch.Tensor]) -> None:
         for key in list(getattr(self, "_stored", ())):
             self._parameters.pop(key, None)
-        bad = [s for s in tensors if not s.isidentifier() or hasattr(nn.Module, s)]
+        bad = [s for s in tensors if not s.isidentifier() or hasattr(type(self), s)]
         if bad:
             raise ValueError(f"{self.layer_name or 'QuantLinear'}: stored tensor name(s) {bad} cannot be module "
                              f"attributes")

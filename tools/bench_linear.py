@@ -96,7 +96,7 @@ def run(sizes, ms, schemes, out_path, rep_ms=40, prefill_modes=("dequant",)):
                          "weight_GBps": n * k / t_f8 / 1e3, "vs_bf16": t_bf16 / t_f8})
             for (name, mode), (be, p) in prepared.items():
                 if len(prefill_modes) > 1 and mode != prefill_modes[0] and (name in ("w8a8_dynamic", "w8a8_static", "mxfp4_dual")
-                                                                             or m < be.mx_prefill_m):
+                                                                             or m < getattr(p.kernel, "mx_prefill_m", 1024)):
                     continue
                 try:
                     t = _bench(lambda: be.apply(p, xs()), rep_ms)
@@ -104,7 +104,7 @@ def run(sizes, ms, schemes, out_path, rep_ms=40, prefill_modes=("dequant",)):
                     print(f"{name} m={m} n={n} failed: {e!r}", file=sys.stderr)
                     t = float("nan")
                 single_mx = name in ("mxfp8", "mxfp4", "w4a8_mxfp")
-                label = f"{name}[{mode}]" if single_mx and len(prefill_modes) > 1 and m >= be.mx_prefill_m else name
+                label = f"{name}[{mode}]" if single_mx and len(prefill_modes) > 1 and m >= getattr(p.kernel, "mx_prefill_m", 1024) else name
                 wb = weight_bytes(name, n, k)
                 rows.append({**base, "what": label, "us": t, "tflops": flops / t / 1e6, "weight_GBps": wb / t / 1e3,
                              "vs_bf16": t_bf16 / t})

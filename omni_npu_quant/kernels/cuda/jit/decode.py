@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .mx_codec import PAD_CODE, e2m1_value, e4m3_value, e8m0_scale, unpack_e2m1
+
 MAX_M = 16
 
 
@@ -54,36 +56,6 @@ def enabled(w_fp4: bool = False, n: int = 0, kp: int = 0) -> bool:
 
 
 @triton.jit
-def _e8m0_scale(c):
-    """E8M0 code (int32) -> fp32 2**(c-127); 255 -> NaN; 0 -> 2**-127 (fp32 subnormal bits)."""
-    bits = tl.where(c == 0, 0x00400000, c << 23)
-    bits = tl.where(c == 255, 0x7FC00000, bits)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _e2m1_value(c):
-    """4-bit E2M1 code (int32) -> exact fp32 value."""
-    mag = c & 7
-    ex = mag >> 1
-    normal = ((ex + 126) << 23) | ((mag & 1) << 22)  # 2**(ex-1) * (1 + m/2) for ex >= 1
-    bits = tl.where(ex == 0, tl.where(mag == 1, 0x3F000000, 0), normal)
-    bits = bits | ((c & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _e4m3_value(b):
-    """E4M3 byte (int32 0..255) -> exact fp32 value (0x7F / 0xFF are NaN)."""
-    ex = (b >> 3) & 0xF
-    man = b & 7
-    normal = (((ex + 120) << 23) | (man << 20)).to(tl.float32, bitcast=True)
-    v = tl.where(ex == 0, man.to(tl.float32) * 0.001953125, normal)
-    v = tl.where((b & 0x7F) == 0x7F, float("nan"), v)
-    return tl.where((b & 0x80) != 0, -v, v)
-
-
-@triton.jit
 def _load_mx_tile(ptr, s_ptr, rows, rmask, stride, stride_s, k0, FP4: tl.constexpr, ROWS: tl.constexpr,
                   BLOCK_K: tl.constexpr, DOT_BF16: tl.constexpr, VARIANT: tl.constexpr, HW8: tl.constexpr):
     """Stored MX rows [ROWS] at K offset k0 -> exact dequantized values as bf16 [ROWS, BLOCK_K]
@@ -97,26 +69,26 @@ def _load_mx_tile(ptr, s_ptr, rows, rmask, stride, stride_s, k0, FP4: tl.constex
     if FP4:
         if VARIANT == 2:
             p = tl.load(ptr + rows[:, None] * stride + (kk // 2)[None, :], mask=rmask[:, None], other=0).to(tl.int32)
-            v = _e2m1_value((p >> ((kk & 1) * 4)[None, :]) & 0xF)
+            v = e2m1_value((p >> ((kk & 1) * 4)[None, :]) & 0xF)
         else:
             kb = tl.arange(0, BLOCK_K // 2)
             p = tl.load(ptr + rows[:, None] * stride + (k0 // 2 + kb)[None, :], mask=rmask[:, None],
                         other=0).to(tl.int32)
-            v = tl.interleave(_e2m1_value(p & 0xF), _e2m1_value((p >> 4) & 0xF))  # low nibble first
+            v = e2m1_value(unpack_e2m1(p))  # low nibble first
     else:
         if HW8:  # hardware E4M3 conversion (the pointer is float8e4nv)
             v = tl.load(ptr + rows[:, None] * stride + kk[None, :], mask=rmask[:, None], other=0.0).to(tl.float32)
         else:
             p = tl.load(ptr + rows[:, None] * stride + kk[None, :], mask=rmask[:, None], other=0).to(tl.int32)
-            v = _e4m3_value(p)
+            v = e4m3_value(p)
     if VARIANT == 0:
         ks = tl.arange(0, BLOCK_K // 32)
-        c = tl.load(s_ptr + rows[:, None] * stride_s + (k0 // 32 + ks)[None, :], mask=rmask[:, None], other=127)
-        sc = _e8m0_scale(c.to(tl.int32))
+        c = tl.load(s_ptr + rows[:, None] * stride_s + (k0 // 32 + ks)[None, :], mask=rmask[:, None], other=PAD_CODE)
+        sc = e8m0_scale(c.to(tl.int32))
         v = tl.reshape(tl.reshape(v, [ROWS, BLOCK_K // 32, 32]) * sc[:, :, None], [ROWS, BLOCK_K])
     else:
-        c = tl.load(s_ptr + rows[:, None] * stride_s + (kk // 32)[None, :], mask=rmask[:, None], other=127)
-        v = v * _e8m0_scale(c.to(tl.int32))
+        c = tl.load(s_ptr + rows[:, None] * stride_s + (kk // 32)[None, :], mask=rmask[:, None], other=PAD_CODE)
+        v = v * e8m0_scale(c.to(tl.int32))
     if DOT_BF16:
         v = v.to(tl.bfloat16)
     return v

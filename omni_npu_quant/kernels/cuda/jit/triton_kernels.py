@@ -23,6 +23,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .mx_codec import e2m1_value, e8m0_scale, unpack_e2m1
+
 MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23
 INV127 = tl.constexpr(1.0 / 127.0)  # becomes fp32(1/127) in the kernel, as numerics.int8._INV_127
 P2M64 = tl.constexpr(2.0 ** -64)
@@ -404,18 +406,11 @@ def mx_weight_dequant_kernel(w_ptr, ws_ptr, out_ptr, K, stride_wn, stride_wsn, s
     kb = tl.program_id(1)
     blk = kb * NB + tl.arange(0, NB)
     offs = kb * (NB * 32) + tl.arange(0, NB)[:, None] * 32 + tl.arange(0, 32)[None, :]
-    code = tl.load(ws_ptr + row * stride_wsn + blk).to(tl.int32)
-    s = tl.where(code == 255, float("nan"), _pow2(tl.minimum(tl.maximum(code - 127, -126), 127)))
+    s = e8m0_scale(tl.load(ws_ptr + row * stride_wsn + blk).to(tl.int32))
     if W_FP4:
         poffs = kb * (NB * 16) + tl.arange(0, NB)[:, None] * 16 + tl.arange(0, 16)[None, :]
-        p = tl.load(w_ptr + row * stride_wn + poffs).to(tl.int32)
-        c = tl.interleave(p & 0xF, (p >> 4) & 0xF)  # low nibble first
-        mag = c & 7
-        ex = mag >> 1
-        val = tl.where(ex == 0, (mag & 1).to(tl.float32) * 0.5,
-                       _pow2(ex - 1) * (1.0 + (mag & 1).to(tl.float32) * 0.5))
-        val = tl.where((c & 8) != 0, -val, val)
+        val = e2m1_value(unpack_e2m1(tl.load(w_ptr + row * stride_wn + poffs).to(tl.int32)))
     else:
         val = tl.load(w_ptr + row * stride_wn + offs).to(tl.float32)
-    dq = tl.where((code == 0)[:, None], (val * P2M64) * P2M63, val * s[:, None])
+    dq = val * s[:, None]
     tl.store(out_ptr + row * stride_on + offs, dq.to(tl.bfloat16))

@@ -125,3 +125,10 @@ def test_env_cli(capsys):
     assert "selected backend per scheme" in capsys.readouterr().out
     md = env_cli.render_matrix()
     assert md.count("\n") == len(SCHEMES) + 1 and "| mxfp4_dual |" in md
+
+
+def test_bad_backend_override_fails_inspect_clearly(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(P.BACKEND_ENV, "garbage")
+    assert cli_main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert P.BACKEND_ENV in err and "unknown backend" in err

@@ -143,7 +143,10 @@ class Backend(LinearBackend):
 
     def apply(self, p: PreparedLinear, x: torch.Tensor, *, add_bias: bool = True) -> torch.Tensor:
         lead = x.shape[:-1]
-        out = p.kernel.apply(p, self._as_2d(p, x), add_bias)
+        x2 = self._as_2d(p, x)
+        if x2.shape[0] == 0:  # an empty batch needs no kernel (some device ops refuse M = 0)
+            return torch.empty(*lead, p.n, dtype=x.dtype, device=x2.device)
+        out = p.kernel.apply(p, x2, add_bias)
         return out.to(x.dtype).reshape(*lead, p.n)
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ this machine would use), totals against bf16, and every validation problem.  Exi
 from __future__ import annotations
 
 import json
+import sys
 
 __all__ = ["add_arguments", "run", "describe"]
 
@@ -63,7 +64,14 @@ def describe(path) -> dict:
 
 
 def run(args) -> int:
+    from ..backends.registry import backend_override
     from ..models.loading import pipeline_layout
+
+    try:
+        backend_override()  # a bad OMNI_NPU_QUANT_BACKEND is an error here, not "every layer unsupported"
+    except ValueError as e:
+        print(f"omni-npu-quant inspect: {e}", file=sys.stderr)
+        return 2
 
     layout = pipeline_layout(args.path)
     if layout:  # the pipeline layout of quantize / calibrate (docs/diffusion.md): one checkpoint per transformer

@@ -265,7 +265,7 @@ class NpuSimOps:
                   f"scale dtype {scale.dtype} not allowed with pertoken_scale and {out_kind} output")
             _need(bk in (None, "int32", "bf16", "fp32", "fp16"), op, f"bias dtype {bias.dtype if bias is not None else None}")
             v = acc + bias if bk == "int32" else acc
-            per_row = pertoken_scale.to(F32).repeat(a.shape[0] // m).reshape(-1, 1)
+            per_row = pertoken_scale.to(F32).repeat(a.shape[0] // m if m else 1).reshape(-1, 1)[:a.shape[0]]
             out = v.to(F32) * scale.to(F32) * per_row
             if bk in ("bf16", "fp32", "fp16"):
                 out = out + bias.to(F32)

@@ -53,7 +53,7 @@ def block_view(x: torch.Tensor, block: int) -> torch.Tensor:
     pad = num_blocks(k, block) * block - k
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
-    return x.reshape(*x.shape[:-1], -1, block)
+    return x.reshape(*x.shape[:-1], x.shape[-1] // block, block)
 
 
 def mx_quantize(
@@ -87,7 +87,7 @@ def mx_quantize(
     if bool(nan_scale.any()):
         v.masked_fill_(nan_scale.unsqueeze(-1), 0.0)
     q = quantize_elements_(v, fmt, round_mode, nan_to_zero=False)
-    q = q.reshape(*q.shape[:-2], -1)[..., :k]
+    q = q.flatten(-2)[..., :k]
     return MXResult(q.movedim(-1, axis), e.movedim(-1, axis))
 
 
@@ -97,7 +97,7 @@ def mx_dequantize(values: torch.Tensor, exponents: torch.Tensor, *, block: int =
     e = exponents.movedim(axis, -1)
     k = v.shape[-1]
     s = exponent_to_scale(e)
-    out = (block_view(v, block) * s.unsqueeze(-1)).reshape(*v.shape[:-1], -1)[..., :k]
+    out = (block_view(v, block) * s.unsqueeze(-1)).flatten(-2)[..., :k]
     return out.movedim(-1, axis)
 
 
@@ -106,7 +106,7 @@ def to_scale_pairs(codes: torch.Tensor, axis: int = -1) -> torch.Tensor:
     c = codes.movedim(axis, -1)
     if c.shape[-1] % 2:
         c = torch.nn.functional.pad(c, (0, 1), value=E8M0_PAD_CODE)
-    c = c.reshape(*c.shape[:-1], -1, 2)  # (..., nb/2, 2)
+    c = c.reshape(*c.shape[:-1], c.shape[-1] // 2, 2)  # (..., nb/2, 2)
     # put the pair axis back where ``axis`` was, keep the trailing 2
     return c.movedim(-2, axis - 1 if axis < 0 else axis)
 
@@ -114,7 +114,7 @@ def to_scale_pairs(codes: torch.Tensor, axis: int = -1) -> torch.Tensor:
 def from_scale_pairs(pairs: torch.Tensor, nb: int, axis: int = -1) -> torch.Tensor:
     """Inverse of ``to_scale_pairs``: (..., ceil(nb/2), 2) -> (..., nb) along ``axis``."""
     c = pairs.movedim(axis - 1 if axis < 0 else axis, -2)
-    c = c.reshape(*c.shape[:-2], -1)[..., :nb]
+    c = c.flatten(-2)[..., :nb]
     return c.movedim(-1, axis)
 
 

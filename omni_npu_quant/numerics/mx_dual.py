@@ -53,7 +53,7 @@ def dual_level_quantize(x: torch.Tensor, smooth: torch.Tensor | None = None, rou
     zero = l0 == 0
     if bool(zero.any()):
         t.masked_fill_(zero.unsqueeze(-1), 0.0)
-    t = t.reshape(*t.shape[:-2], -1)[..., :k].to(work_dtype)
+    t = t.flatten(-2)[..., :k].to(work_dtype)
     r = mx_quantize(t, E2M1, round_mode, 0, block=DUAL_L1_BLOCK)
     assert r.exponents.shape[-1] == num_blocks(k, DUAL_L1_BLOCK)
     return DualResult(r.values, l0, r.exponents)

@@ -214,3 +214,15 @@ def test_quantize_cli_plan_and_out(tmp_path, capsys):
     assert ck.layers["model.layers.0.mlp.down_proj"].label == "W8A8_MXFP8"
     assert ck.layers["model.layers.1.self_attn.q_proj"].label == "W8A8_DYNAMIC"
     assert "lm_head" not in ck.layers and "lm_head.weight" in ck.float_tensors
+
+
+def test_quantize_nothing_warns(caplog):
+    import logging
+
+    from omni_npu_quant import quantize_
+    from omni_npu_quant.integrations.torch import QuantConfig
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 4))
+    with caplog.at_level(logging.WARNING, logger="omni_npu_quant.integrations.torch"):
+        quantize_(model, QuantConfig(scheme="mxfp4", ignored_layers=["0", "1"]))
+    assert "no layer of Sequential was quantized" in caplog.text and "ignored_layers" in caplog.text

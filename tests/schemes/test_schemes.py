@@ -98,3 +98,13 @@ def test_mul_scale_must_be_positive(gen):
     t["mul_scale"] = torch.zeros(64)
     with pytest.raises(SchemeValidationError, match="'mul_scale'"):
         s.validate(t)
+
+
+def test_bad_activation_options_refused_at_construction():
+    """`--scheme-option act_round_mode=bogus` must fail when the scheme is made, not at the first forward."""
+    with pytest.raises(ValueError, match="act_round_mode='bogus'"):
+        get_scheme("mxfp4", act_round_mode="bogus")
+    with pytest.raises(ValueError, match="for e4m3 elements"):
+        get_scheme("mxfp8", act_round_mode="round")  # FP8 activations: rint only (npu_dynamic_mx_quant)
+    with pytest.raises(ValueError, match="act_scale_alg=7"):
+        get_scheme("w4a8_mxfp", act_scale_alg=7)

@@ -205,6 +205,10 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping | str = "mxfp4", *
         ranges.update(collect_act_ranges(model, need, calib_data))
     mods = dict(model.named_modules())
     todo = [p for p in plan if p.quantized]
+    if not todo:
+        reasons = sorted({p.reason for p in plan})
+        log.warning("quantize_: no layer of %s was quantized (%d linear layers kept float: %s)",
+                    type(model).__name__, len(plan), "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else ""))
     for p in (progress(todo) if progress is not None else todo):
         lin: nn.Linear = mods[p.name]
         scheme = get_scheme(p.scheme, **p.options)

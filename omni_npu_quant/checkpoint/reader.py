@@ -84,7 +84,12 @@ def load_checkpoint(path, *, validate: bool = True) -> QuantizedCheckpoint:
 
     With ``validate=False`` only problems that make reading impossible raise; tensor-set checks
     (names, dtypes, shapes, values, fused siblings) are skipped.
+    A GPTQ / AutoRound directory (``quantization_config`` in config.json) is read by ``checkpoint/gptq.py``.
     """
+    if _gptq_dir(path):
+        from .gptq import load_gptq_checkpoint
+
+        return load_gptq_checkpoint(path, validate=validate)
     scan = _Scan(Path(path), load=True, strict=validate)
     scan.run()
     errors = [p for p in scan.problems if p.severity == "error"]
@@ -97,12 +102,28 @@ def load_checkpoint(path, *, validate: bool = True) -> QuantizedCheckpoint:
 
 def validate_checkpoint(path) -> list[Problem]:
     """Every problem of a checkpoint directory (errors and warnings); never raises on bad data."""
+    if _gptq_dir(path):
+        from .gptq import validate_gptq_checkpoint
+
+        return validate_gptq_checkpoint(path)
     scan = _Scan(Path(path), load=True, strict=True)
     try:
         scan.run()
     except Exception as e:  # defensive: report, never raise on bad data
         scan.err(str(path), "", f"unexpected failure while validating: {type(e).__name__}: {e}")
     return scan.problems
+
+
+def _gptq_dir(path) -> bool:
+    """A GPTQ / AutoRound checkpoint (not msModelSlim): ``checkpoint/gptq.py`` reads it."""
+    from .gptq import GptqConfigError, find_gptq_config
+
+    try:
+        return find_gptq_config(path) is not None
+    except GptqConfigError:
+        return True  # detected, but ambiguous: its reader reports why
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------------------------

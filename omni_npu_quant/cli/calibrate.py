@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     opts = CalibOptions(
-        out=args.out, model=args.model or "tiny-llama", scheme=args.scheme, calib=args.calib, factory=args.factory, dtype=args.dtype,
+        out=args.out, model=args.model or "tiny-llama", scheme=args.scheme, calib=args.calib, factory=args.factory,
+        dtype=args.dtype,
         device=args.device, ignored_layers=list(args.ignored_layers or []), default_ignores=not args.no_default_ignores,
         float_blocks=args.float_blocks, smooth=not args.no_smooth, alphas=args.alphas, clamps=args.clamps,
         scale_min=args.scale_min, max_rows=args.max_rows, num_samples=args.num_samples, seq_len=args.seq_len,

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-bf16-fallback-layers", type=int, default=0, metavar="N",
                    help="keep N numbered blocks in float (vLLM-Omni's option); which ones: --bf16-fallback-side")
     p.add_argument("--bf16-fallback-side", default="first", choices=("first", "last", "both"),
-                   help="with --num-bf16-fallback-layers: the first N blocks (default, as vLLM-Omni), the last N, or both")
+                   help="with --num-bf16-fallback-layers: the first N blocks (default, as vLLM-Omni), the last N, "
+                        "or both")
     p.add_argument("--no-default-float", action="store_true",
                    help="also quantize the per-architecture float defaults (embedders, modulation, norm_out / "
                         "proj_out, lm_head; docs/diffusion.md)")

@@ -10,8 +10,9 @@ Steps (``calibrate``):
    interruption without redoing finished groups;
 4. optionally measure the model output error with ``mul_scale = 1`` and with the calibrated
    ``mul_scale`` (``evaluate``);
-5. write the AscendV1 checkpoint (``omni_npu_quant.checkpoint.write_ascendv1``) plus the
-   calibration report (JSON + Markdown) into a staging directory and rename it to ``out``.
+5. write the AscendV1 checkpoint (``omni_npu_quant.checkpoint.write_ascendv1``, atomic, under the
+   output's lock) with the calibration report (JSON + Markdown) and the input-sharing groups
+   (``shared_input_groups`` in the description).
 
 The work directory is ``<out>.calib-work`` next to ``out``; it is keyed by the recipe hash and
 removed after a successful run.  The result is deterministic: the same model, data and options
@@ -261,7 +262,17 @@ def _float_tensors(model: nn.Module, quantized: list[str]) -> dict[str, torch.Te
 
 # ------------------------------------------------------------------------------------------------
 def calibrate(opts: CalibOptions) -> dict:
-    """Run the whole calibration; returns the report (also written next to the checkpoint)."""
+    """Run the whole calibration; returns the report (also written next to the checkpoint).
+
+    The output's lock (``checkpoint.writer.output_lock``) is held for the whole run, work directory
+    included: a concurrent run on the same ``out`` fails at once naming this one's pid."""
+    from ..checkpoint.writer import output_lock
+
+    with output_lock(opts.out):
+        return _calibrate_locked(opts)
+
+
+def _calibrate_locked(opts: CalibOptions) -> dict:
     from ..checkpoint import write_ascendv1
 
     out = Path(opts.out)
@@ -358,38 +369,19 @@ def calibrate(opts: CalibOptions) -> dict:
     float_tensors = _float_tensors(model, quantized)
     meta = {"producer": PRODUCER, "version": _version(), "recipe_hash": recipe_hash,
             "calibration": {"scheme": scheme.name, "report": REPORT_JSON, "recipe": recipe}}
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
-        write_ascendv1(staging, layers, float_tensors, config=None if lm.copy_files else lm.config,
-                       copy_from=lm.source if lm.copy_files else None, part_file_size=opts.part_file_size,
-                       extra_description={"metadata": meta})
-        (staging / REPORT_JSON).write_text(json.dumps(report, indent=2, sort_keys=False), encoding="utf-8")
-        (staging / REPORT_MD).write_text(render_markdown(report), encoding="utf-8")
-        _commit(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    # the groups found from data flow (layers reading one input tensor) are recorded for the reader
+    write_ascendv1(out, layers, float_tensors, config=None if lm.copy_files else lm.config,
+                   copy_from=lm.source if lm.copy_files else None, part_file_size=opts.part_file_size,
+                   extra_description={"metadata": meta}, overwrite=opts.overwrite,
+                   shared_input_groups=[r.members for r in results if len(r.members) > 1],
+                   extra_files={REPORT_JSON: json.dumps(report, indent=2, sort_keys=False),
+                                REPORT_MD: render_markdown(report)})
     shutil.rmtree(work.path, ignore_errors=True)
     return report
 
 
 def _to(v, device):
     return v.to(device) if isinstance(v, torch.Tensor) else v
-
-
-def _commit(staging: Path, out: Path):
-    old = None
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-    os.rename(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _report(recipe, recipe_hash, scheme, mods, quantized, kept, results, model_err) -> dict:

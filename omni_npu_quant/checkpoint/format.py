@@ -11,13 +11,14 @@ import re
 import torch
 
 from ..schemes.registry import LABEL_TO_SCHEME
+from .layout import DESCRIPTION_FILE, GLOBAL_KEYS, LINEAR_SUFFIXES  # noqa: F401  (re-exported; defined in layout)
 
 __all__ = [
     "DESC_V1", "WEIGHTS_V1", "INDEX_V1", "QUANT_TYPE_PRIORITY", "GLOBAL_KEYS", "LINEAR_SUFFIXES", "SERVED_LABELS",
-    "KNOWN_UNSERVED_LABELS", "FUSED_GROUPS", "ST_DTYPES", "ST_NAMES", "model_quant_type", "shard_name", "natural_key",
+    "KNOWN_UNSERVED_LABELS", "ST_DTYPES", "ST_NAMES", "model_quant_type", "shard_name", "natural_key",
 ]
 
-DESC_V1 = "quant_model_description.json"
+DESC_V1 = DESCRIPTION_FILE
 WEIGHTS_V1 = "quant_model_weights.safetensors"
 INDEX_V1 = "quant_model_weights.safetensors.index.json"
 DESC_RE = re.compile(r"^quant_model_description(?:_(?P<type>[a-z0-9_]+))?\.json$")
@@ -31,21 +32,9 @@ QUANT_TYPE_PRIORITY = (
 )
 MX_LABELS = ("W8A8_MXFP8", "W4A8_MXFP", "W4A4_MXFP4", "W4A4_MXFP4_DUALSCALE", "W4A4_MXFP4_SVD")
 
-# description keys that are not tensors
-GLOBAL_KEYS = ("model_quant_type", "version", "group_size", "metadata", "optional", "kv_cache_type", "kv_quant_type",
-               "fa_quant_type", "reduce_quant_type", "indexer_quant_type")
-
-# suffixes a quantized Linear may store (AscendV1 / V0); anything else under a quantized label is an error
-LINEAR_SUFFIXES = ("weight", "weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias",
-                   "weight_dual_scale", "bias", "scale_bias", "weight_scale_second", "weight_offset_second",
-                   "left_trans", "right_trans", "clip_ratio", "scale")
 SERVED_LABELS = tuple(LABEL_TO_SCHEME)
 KNOWN_UNSERVED_LABELS = ("W4A8_DYNAMIC", "W4A4_DYNAMIC", "W16A16S", "WFP8AFP8_DYNAMIC", "W4A4_MXFP4_SVD", "C8",
                          "FAQuant", "FAKQuant", "W4A16")
-
-# sibling projections that serving engines fuse into one GEMM (same input)
-FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("to_q", "to_k", "to_v"), ("w1", "w3"),
-                ("add_q_proj", "add_k_proj", "add_v_proj"))
 
 # safetensors dtype strings
 ST_DTYPES = {
@@ -53,8 +42,9 @@ ST_DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
-if hasattr(torch, "float8_e8m0fnu"):
-    ST_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
+for _st, _name in (("F8_E8M0", "float8_e8m0fnu"), ("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _name):
+        ST_DTYPES[_st] = getattr(torch, _name)
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 

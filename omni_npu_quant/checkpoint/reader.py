@@ -7,8 +7,8 @@ docs/checkpoints.md; each problem names the file, the tensor and what was expect
 """
 from __future__ import annotations
 
-import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +16,12 @@ import torch
 
 from ..schemes.base import SchemeValidationError
 from ..schemes.registry import LABEL_TO_SCHEME, get_scheme
-from .files import HeaderError, TensorInfo, read_header, resolve_inside
-from .format import (DESC_RE, DESC_V1, FUSED_GROUPS, GLOBAL_KEYS, INDEX_RE, LINEAR_SUFFIXES, WEIGHT_RE,
-                     model_quant_type, natural_key)
+from .files import HeaderError, TensorInfo, load_json, read_header, read_regular, resolve_inside
+from .format import DESC_RE, DESC_V1, INDEX_RE, WEIGHT_RE, model_quant_type, natural_key
+from .layout import (FA3_SUFFIX, FLOAT_LABEL, GLOBAL_KEYS, LINEAR_SUFFIXES, MUL_SCALE,
+                     ONLINE_ROTATION_SUFFIXES, SHARED_INPUT_GROUPS_KEY, SHARED_INPUT_TENSORS, bias_label, linear_base,
+                     mul_scale_key, packed_groups, parse_shared_input_groups, split_tensor_key,
+                     wrapped_prefix_of_mul_scale)
 
 __all__ = ["Problem", "CheckpointError", "LayerEntry", "QuantizedCheckpoint", "load_checkpoint", "validate_checkpoint"]
 
@@ -38,7 +41,10 @@ class Problem:
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded; ``problems`` holds every error found."""
+    """A checkpoint cannot be loaded (or written); ``problems`` holds every error found.
+
+    The one exception type ``load_checkpoint`` raises for bad data, and the writer for bad input, a
+    concurrent run, a full disk or a permission problem (``OutputLockedError`` is a subclass)."""
 
     def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
@@ -131,24 +137,36 @@ class _Fatal(Exception):
     pass
 
 
+# global description keys and the JSON types msModelSlim writes for them
+_GLOBAL_TYPES = {"model_quant_type": (str,), "version": (str,), "group_size": (int,), "metadata": (dict,),
+                 "optional": (dict,), "kv_cache_type": (str, type(None)), "kv_quant_type": (str, type(None)),
+                 "fa_quant_type": (str, type(None)), "reduce_quant_type": (str, type(None)),
+                 "indexer_quant_type": (str, type(None)), SHARED_INPUT_GROUPS_KEY: (list,)}
+_TENSOR_IN_MSG = re.compile(r"tensor '(\w+)'")
+
+
 class _Scan:
-    def __init__(self, root: Path, *, load: bool, strict: bool, keep: bool = True):
-        self.root, self.load, self.strict, self.keep = root, load, strict, keep
+    def __init__(self, root: Path, *, load: bool, strict: bool):
+        self.root, self.load, self.strict = root, load, strict
         self.problems: list[Problem] = []
         self.fmt = "ascendv1"
         self.desc: dict = {}
         self.desc_name = ""
+        self.index_name: str | None = None
+        self.index_total = None
+        self.weight_map: dict[str, str] | None = None
         self.infos: dict[str, TensorInfo] = {}
         self.files: list[str] = []
         self.labels: dict[str, str] = {}
         self.layers: dict[str, LayerEntry] = {}
         self.floats: dict[str, torch.Tensor] = {}
         self.optional: dict[str, torch.Tensor] = {}
+        self.shared_groups: list[list[str]] | None = None
         self._handles: dict[str, object] = {}
 
     # ---- problems ----
     def err(self, file, tensor, msg, severity="error"):
-        self.problems.append(Problem(str(file), tensor, msg, severity))
+        self.problems.append(Problem(str(file), str(tensor), msg, severity))
 
     def warn(self, file, tensor, msg):
         self.err(file, tensor, msg, "warning")
@@ -158,10 +176,11 @@ class _Scan:
         try:
             self._discover()
             self._read_headers()
+            self._check_globals()
             self._check_labels_vs_files()
             self._classify()
             if self.strict:
-                self._check_fused()
+                self._check_shared_inputs()
             self._load_optional()
         except _Fatal:
             pass
@@ -170,13 +189,25 @@ class _Scan:
         return QuantizedCheckpoint(str(self.root), self.fmt, self.desc, self.layers, self.floats, self.files,
                                    self.optional, [p for p in self.problems if p.severity == "warning"])
 
+    def _json(self, name: str, what: str):
+        """Strict JSON of a regular file inside the checkpoint; records an error and raises _Fatal otherwise."""
+        try:
+            return load_json(read_regular(resolve_inside(self.root, name)))
+        except (ValueError, OSError) as e:
+            self.err(name, "", f"cannot read the {what}: {e}")
+            raise _Fatal from None
+
     # ---- 1. files ----
     def _discover(self):
         root = self.root
         if not root.is_dir():
             self.err(root, "", "not a directory (expected an msModelSlim output directory)")
             raise _Fatal
-        names = sorted(os.listdir(root))
+        try:
+            names = sorted(os.listdir(root))
+        except OSError as e:
+            self.err(root, "", f"cannot list the directory: {e.strerror or e}")
+            raise _Fatal from None
         descs = [n for n in names if DESC_RE.match(n)]
         if not descs:
             self.err(root, "", "no quant_model_description.json (AscendV1) or quant_model_description_{type}.json "
@@ -187,12 +218,7 @@ class _Scan:
             raise _Fatal
         self.desc_name = descs[0]
         self.fmt = "ascendv1" if self.desc_name == DESC_V1 else "mindie"  # mindie vs v0 decided in _classify
-        try:
-            dpath = resolve_inside(root, self.desc_name)
-            self.desc = json.loads(dpath.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            self.err(self.desc_name, "", f"cannot read the description JSON: {e}")
-            raise _Fatal
+        self.desc = self._json(self.desc_name, "description JSON")
         if not isinstance(self.desc, dict):
             self.err(self.desc_name, "", "description must be a JSON object {tensor key: label, ...}")
             raise _Fatal
@@ -203,28 +229,43 @@ class _Scan:
             self.err(root, "", f"ambiguous checkpoint: several index files {indexes}")
             raise _Fatal
         self.index_name = indexes[0] if indexes else None
-        self.weight_map: dict[str, str] | None = None
         if self.index_name:
-            try:
-                idx = json.loads(resolve_inside(root, self.index_name).read_text(encoding="utf-8"))
-                wm = idx["weight_map"]
-                if not isinstance(wm, dict):
-                    raise TypeError("weight_map is not an object")
-            except (ValueError, OSError, KeyError, TypeError) as e:
-                self.err(self.index_name, "", f"invalid index JSON (expected {{'metadata': {{'total_size': int}}, "
-                                              f"'weight_map': {{key: file}}}}): {e}")
+            idx = self._json(self.index_name, "index JSON")
+            shape = ("expected {'metadata': {'total_size': int}, 'weight_map': {tensor key: file name}}")
+            wm = idx.get("weight_map") if isinstance(idx, dict) else None
+            if not isinstance(wm, dict):
+                self.err(self.index_name, "weight_map", f"invalid index JSON: no 'weight_map' object ({shape})")
                 raise _Fatal
-            self.weight_map = wm
-            self.index_total = (idx.get("metadata") or {}).get("total_size")
+            md = idx.get("metadata", {})
+            if md is None:
+                md = {}
+            if not isinstance(md, dict):
+                self.err(self.index_name, "metadata", f"invalid index JSON: 'metadata' is a {type(md).__name__} "
+                                                      f"({shape})")
+                raise _Fatal
+            total = md.get("total_size")
+            if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
+                self.err(self.index_name, "metadata.total_size", f"must be an integer, got {total!r}")
+                raise _Fatal
+            self.index_total = total
             files = []
+            bad = False
             for key, f in wm.items():
+                if not isinstance(f, str):
+                    self.err(self.index_name, key, f"weight_map value must be a file name string, got {f!r}")
+                    bad = True
+                    continue
                 try:
                     resolve_inside(root, f)
                 except ValueError as e:
                     self.err(self.index_name, key, f"index entry points outside the checkpoint: {e}")
+                    bad = True
                     continue
                 if f not in files:
                     files.append(f)
+            if bad:
+                raise _Fatal
+            self.weight_map = wm
             stray = [w for w in weights if w not in files]
             for w in stray:
                 self.err(w, "", f"weight file not referenced by {self.index_name}; remove it or add it to the index")
@@ -238,13 +279,9 @@ class _Scan:
                 raise _Fatal
             self.files = weights
         for f in self.files:
-            try:
-                p = resolve_inside(root, f)
-            except ValueError as e:
-                self.err(f, "", str(e))
-                continue
+            p = resolve_inside(root, f)
             if not p.is_file():
-                self.err(f, "", "weight file is missing")
+                self.err(f, "", "weight file is missing (or not a regular file)")
 
     # ---- 2. headers ----
     def _read_headers(self):
@@ -289,13 +326,31 @@ class _Scan:
             raise _Fatal
 
     # ---- 3. description vs files ----
+    def _check_globals(self):
+        dn = self.desc_name
+        for key, types in _GLOBAL_TYPES.items():
+            if key not in self.desc:
+                continue
+            v = self.desc[key]
+            if isinstance(v, bool) or not isinstance(v, types):
+                want = " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer",
+                                                                  "dict": "an object", "list": "a list"}[t.__name__]
+                                   for t in types)
+                self.err(dn, key, f"global key '{key}' must be {want}, got {type(v).__name__} {v!r:.80}")
+        grp = self.desc.get(SHARED_INPUT_GROUPS_KEY)
+        if isinstance(grp, list):
+            try:
+                self.shared_groups = parse_shared_input_groups(grp)
+            except ValueError as e:
+                self.err(dn, SHARED_INPUT_GROUPS_KEY, str(e))
+
     def _check_labels_vs_files(self):
         dn = self.desc_name
         for key, val in self.desc.items():
             if key in GLOBAL_KEYS:
                 continue
-            if key.endswith(".quant_type"):  # FA3 per-attention entry, not a tensor
-                self.err(dn, key, f"FA3 attention quantization ({key}: {val!r}) is not served by omni_npu_quant; "
+            if key.endswith(FA3_SUFFIX):  # FA3 per-attention entry, not a tensor
+                self.err(dn, key, f"FA3 attention quantization ({key}: {val!r:.80}) is not served by omni_npu_quant; "
                                   "re-quantize without fa3_quant")
                 continue
             if not isinstance(val, str):
@@ -305,7 +360,7 @@ class _Scan:
             if key not in self.infos:
                 self.err(dn, key, f"labelled {val} in the description but stored in no weight file")
         for key, info in self.infos.items():
-            if key not in self.labels and not key.endswith(".quant_type"):
+            if key not in self.labels and not key.endswith(FA3_SUFFIX):
                 self.err(info.file, key, f"stored tensor has no label in {dn}")
         md = self.desc.get("metadata") or {}
         if isinstance(md, dict) and md.get("quarot"):
@@ -313,48 +368,53 @@ class _Scan:
                                             "use offline QuaRot (online: false)")
         mqt = self.desc.get("model_quant_type")
         want = model_quant_type(self.labels.values())
-        if mqt is not None and mqt != want:
+        if isinstance(mqt, str) and mqt != want:
             self.warn(dn, "model_quant_type", f"summary says {mqt!r}, per-tensor labels give {want!r}; "
                                               "per-tensor labels are used")
 
     # ---- 4. layers ----
     def _classify(self):
-        labels = self.labels
+        labels = {k: v for k, v in self.labels.items() if k in self.infos}  # missing ones are already errors
         groups: dict[str, dict[str, str]] = {}  # prefix -> suffix -> key
-        quant_keys = [k for k, lab in labels.items() if lab != "FLOAT" and k in self.infos]
         wrapped: set[str] = set()
-        for key in quant_keys:
-            prefix, _, suffix = key.rpartition(".")
-            if prefix.endswith(".linear") and (prefix[:-7] + ".div.mul_scale") in labels:
-                wrapped.add(prefix[:-7])
-                prefix = prefix[:-7]
+        for key, lab in labels.items():
+            if lab == FLOAT_LABEL:
+                continue
+            prefix, suffix, is_wrapped = split_tensor_key(key, self.labels)
+            if is_wrapped:
+                wrapped.add(prefix)
             groups.setdefault(prefix, {})[suffix] = key
         # online rotations
         for key in labels:
-            if key.endswith((".heads_rotation", ".kronecker_rotation_m", ".kronecker_rotation_n")):
-                self.err(self.infos[key].file if key in self.infos else self.desc_name, key,
-                         "online QuaRot rotation matrices are not served by omni_npu_quant")
+            if key.endswith(ONLINE_ROTATION_SUFFIXES):
+                self.err(self._file(key), key, "online QuaRot rotation matrices are not served by omni_npu_quant")
         # attach FLOAT biases / mul_scale to quantized layers
         attached: set[str] = set()
         for prefix, sufs in groups.items():
-            base = prefix + ".linear" if prefix in wrapped else prefix
-            if "bias" not in sufs and labels.get(base + ".bias") == "FLOAT":
+            base = linear_base(prefix, prefix in wrapped)
+            if "bias" not in sufs and labels.get(base + ".bias") == FLOAT_LABEL:
                 sufs["bias"] = base + ".bias"
                 attached.add(base + ".bias")
-            ms = prefix + ".div.mul_scale"
+            ms = mul_scale_key(prefix)
             if ms in labels:
-                sufs["mul_scale"] = ms
+                sufs[MUL_SCALE] = ms
                 attached.add(ms)
+            elif prefix in wrapped:  # labelled but not stored: reported in _check_labels_vs_files
+                self.err(self._file(sufs.get("weight", next(iter(sufs.values())))), ms,
+                         f"layer {prefix} is stored as a non-fusion smooth wrapper ({base}.*) but {ms} is missing")
         # float wrappers (smoothing on an unquantized Linear) cannot be served as plain tensors
         for key, lab in labels.items():
-            if key.endswith(".div.mul_scale") and key not in attached:
+            p = wrapped_prefix_of_mul_scale(key)
+            if p is not None and key not in attached:
                 self.err(self._file(key), key, "non-fusion smooth wrapper on an unquantized Linear "
-                                               f"({key[:-14]}.linear.weight is FLOAT) is not supported")
+                                               f"({linear_base(p, True)}.weight is FLOAT) is not supported")
                 attached.add(key)
         # refuse labels we do not serve
         unserved: dict[str, list[str]] = {}
         for prefix, sufs in groups.items():
-            labs = {labels[k] for s, k in sufs.items() if s not in ("bias", "mul_scale")}
+            labs = {labels[k] for s, k in sufs.items() if s not in ("bias", MUL_SCALE)}
+            if not labs:  # only a bias carries a quantized label
+                continue
             if len(labs) > 1:
                 self.err(self._file(sufs.get("weight", next(iter(sufs.values())))), prefix,
                          f"tensors of one layer carry different labels {sorted(labs)}")
@@ -369,13 +429,25 @@ class _Scan:
         v0_hint = False
         for prefix in sorted(groups, key=natural_key):
             sufs = groups[prefix]
-            labs = {labels[k] for s, k in sufs.items() if s not in ("bias", "mul_scale")}
+            labs = {labels[k] for s, k in sufs.items() if s not in ("bias", MUL_SCALE)}
+            if not labs:
+                bkey = sufs.get("bias")
+                if bkey is not None and labels.get(bkey, FLOAT_LABEL) != FLOAT_LABEL:
+                    self.err(self._file(bkey), bkey, f"bias labelled {labels[bkey]} but the layer has no stored "
+                                                     f"{linear_base(prefix, prefix in wrapped)}.weight; a quantized "
+                                                     "label needs the layer's weight")
+                continue
             if len(labs) != 1:
                 continue
             lab = next(iter(labs))
             if lab not in LABEL_TO_SCHEME:
                 continue
-            if set(sufs) <= {"weight", "bias"} and self.infos[sufs.get("weight", sufs.get("bias"))].dtype in (
+            if "weight" not in sufs:
+                k0 = next(iter(sufs.values()))
+                self.err(self._file(k0), f"{linear_base(prefix, prefix in wrapped)}.weight",
+                         f"tensors {sorted(sufs.values())} are labelled {lab} but the layer's weight is not stored")
+                continue
+            if set(sufs) <= {"weight", "bias"} and self.infos[sufs["weight"]].dtype in (
                     torch.float16, torch.bfloat16, torch.float32):
                 # V0 anti-outlier m2 '<norm>.module.weight/.bias' carry the quant label but are float
                 for k in sufs.values():
@@ -384,7 +456,7 @@ class _Scan:
                     attached.add(k)
                 v0_hint = True
                 continue
-            bad = [s for s in sufs if s not in LINEAR_SUFFIXES and s != "mul_scale"]
+            bad = [s for s in sufs if s not in LINEAR_SUFFIXES and s != MUL_SCALE]
             for s in bad:
                 self.err(self._file(sufs[s]), sufs[s], f"unexpected tensor suffix '{s}' for label {lab}")
             scheme_name = LABEL_TO_SCHEME[lab]
@@ -392,8 +464,8 @@ class _Scan:
             bkey = sufs.get("bias")
             if bkey is not None and self.strict:
                 blab = labels[bkey]
-                want = lab if lab == "W4A4_MXFP4_DUALSCALE" else "FLOAT"
-                if blab not in (want, "FLOAT", lab):
+                want = bias_label(lab)
+                if blab not in (want, FLOAT_LABEL, lab):
                     self.err(self._file(bkey), bkey, f"bias labelled {blab}, expected {want}")
             if lab == "W8A8" and ("weight_scale" in sufs):
                 v0_hint = True
@@ -405,18 +477,20 @@ class _Scan:
                                tuple(sorted({self.infos[k].file for k in sufs.values()})))
             entry.k = self._infer_k(scheme_name, sufs)
             if self.strict and self.load:
-                try:
+                try:  # names, dtypes, shapes (the scheme's K rule) and values (check_values), before any compute
                     get_scheme(scheme_name).validate(tensors, k=entry.k, where=prefix)
                 except SchemeValidationError as e:
-                    self.err(self._file(sufs.get("weight", next(iter(sufs.values())))), prefix,
+                    m = _TENSOR_IN_MSG.search(str(e))
+                    key = sufs.get(m.group(1)) if m else None
+                    self.err(self._file(key or sufs["weight"]), key or prefix,
                              f"{e} (label {lab} -> scheme {scheme_name})")
-            if self.keep:
-                self.layers[prefix] = entry
+            self.layers[prefix] = entry
         for key, lab in labels.items():
-            if key in attached or key not in self.infos:
+            if key in attached:
                 continue
-            if lab == "FLOAT":
-                if key.rpartition(".")[0] in wrapped or key.rpartition(".")[0][:-7] in wrapped:
+            if lab == FLOAT_LABEL:
+                prefix, _, is_wrapped = split_tensor_key(key, self.labels)
+                if is_wrapped and prefix in wrapped:
                     continue
                 self._load_float(key)
         if self.fmt == "mindie" and (v0_hint or "kv_cache_type" in self.desc):
@@ -426,12 +500,12 @@ class _Scan:
         w = self.infos[sufs["weight"]] if "weight" in sufs else None
         if w is None or len(w.shape) != 2:
             return 0
-        k = get_scheme(scheme_name).k_from_weight_cols(int(w.shape[1]))
-        if k != int(w.shape[1]):  # packed: an odd K is only known from a (K,) tensor
-            ms = sufs.get("mul_scale")
+        if get_scheme(scheme_name).weight_bits == 4:  # packed FP4: K = 2 x stored columns (or the mul_scale length)
+            ms = sufs.get(MUL_SCALE)
             if ms is not None and len(self.infos[ms].shape) == 1:
                 return int(self.infos[ms].shape[0])
-        return k
+            return 2 * int(w.shape[1])
+        return int(w.shape[1])
 
     def _file(self, key) -> str:
         info = self.infos.get(key)
@@ -441,70 +515,87 @@ class _Scan:
         from safetensors import safe_open
 
         info = self.infos[key]
-        h = self._handles.get(info.file)
-        if h is None:
-            h = safe_open(str(resolve_inside(self.root, info.file)), framework="pt", device="cpu")
-            self._handles[info.file] = h
-        return h.get_tensor(key)
+        try:
+            h = self._handles.get(info.file)
+            if h is None:
+                h = safe_open(str(resolve_inside(self.root, info.file)), framework="pt", device="cpu")
+                self._handles[info.file] = h
+            return h.get_tensor(key)
+        except Exception as e:  # noqa: BLE001 - the header passed our checks; report what safetensors says
+            self.err(info.file, key, f"cannot read the tensor ({type(e).__name__}: {e})")
+            raise _Fatal from None
 
     def _load_float(self, key):
-        if self.load and self.keep:
+        if self.load:
             self.floats[key] = self._tensor(key)
 
-    # ---- 5. fused siblings ----
-    def _check_fused(self):
-        by_parent: dict[tuple[str, tuple], dict[str, str]] = {}
-        linear_labels: dict[str, str] = {p: e.label for p, e in self.layers.items()} if self.keep else {}
-        if not self.keep:  # validation-only scan keeps no layers; rebuild labels from keys
-            for key, lab in self.labels.items():
-                if key.endswith(".weight") and lab != "FLOAT":
-                    p = key[:-7]
-                    linear_labels[p[:-7] if p.endswith(".linear") else p] = lab
-        for key, lab in self.labels.items():
-            if key.endswith(".weight") and lab == "FLOAT":
-                p = key[:-7]
-                p = p[:-7] if p.endswith(".linear") else p
-                linear_labels.setdefault(p, "FLOAT")
-        for prefix, lab in linear_labels.items():
-            parent, _, leaf = prefix.rpartition(".")
-            for grp in FUSED_GROUPS:
-                if leaf in grp:
-                    by_parent.setdefault((parent, grp), {})[leaf] = prefix
-        for (parent, grp), members in by_parent.items():
-            labs = {m: linear_labels[p] for m, p in members.items()}
-            if len(set(labs.values())) > 1 and any(v != "FLOAT" for v in labs.values()):
-                self.err(self._file(next(iter(members.values())) + ".weight"), parent + "." + "/".join(grp),
-                         f"fused siblings carry different labels {labs}: every shard of a fused module must be "
-                         "quantized the same way")
+    # ---- 5. shared inputs ----
+    def _check_shared_inputs(self):
+        """Layers that read one input must share mul_scale / input_scale / input_offset: the producer's record
+        (``shared_input_groups``) plus vLLM's packing (q/k/v_proj -> qkv_proj, gate/up_proj -> gate_up_proj),
+        which holds whatever the record says.  Nothing is inferred from other names."""
+        dn = self.desc_name
+        linear_labels: dict[str, str] = {p: e.label for p, e in self.layers.items()}
+        for key, lab in self.labels.items():  # FLOAT linears take part in the packing label rule
+            if lab == FLOAT_LABEL and key.endswith(".weight"):
+                prefix, _, _ = split_tensor_key(key, self.labels)
+                linear_labels.setdefault(prefix, FLOAT_LABEL)
+        checks: list[tuple[list[str], str]] = []
+        for members in packed_groups(linear_labels):
+            parent = members[0].rpartition(".")[0]
+            leaves = "/".join(m.rpartition(".")[2] for m in members)
+            where = f"{parent}.{leaves}" if parent else leaves
+            labs = {m.rpartition(".")[2]: linear_labels[m] for m in members}
+            if len(set(labs.values())) > 1:
+                self.err(self._file(self.layers[members[0]].keys["weight"]) if members[0] in self.layers else dn,
+                         where, f"fused siblings carry different labels {labs}: vLLM packs them into one GEMM, so "
+                                "every shard must be quantized the same way")
                 continue
-            if not self.keep:
+            checks.append((members, f"fused siblings {where} (packed into one GEMM by vLLM)"))
+        for i, members in enumerate(self.shared_groups or []):
+            missing = [m for m in members if m not in self.layers]
+            if missing:
+                self.err(dn, f"{SHARED_INPUT_GROUPS_KEY}[{i}]",
+                         f"names {missing}, which {'is' if len(missing) == 1 else 'are'} not a quantized layer of this "
+                         "checkpoint (stale or wrong record)")
                 continue
-            ents = [self.layers[p] for p in members.values() if p in self.layers]
-            for suf in ("input_scale", "input_offset", "mul_scale"):
-                vals = [(e, e.tensors.get(suf)) for e in ents]
-                vals = [(e, v) for e, v in vals if v is not None]
-                if len(vals) < 2:
+            checks.append((members, f"layers of {SHARED_INPUT_GROUPS_KEY}[{i}] (recorded as reading one input)"))
+        for members, what in checks:
+            ents = [self.layers[p] for p in members if p in self.layers]
+            for suf in SHARED_INPUT_TENSORS:
+                vals = [(e, e.tensors[suf]) for e in ents if suf in e.tensors]
+                if not vals:
                     continue
-                ref = vals[0][1]
+                if len(vals) != len(ents):
+                    have = [e.keys[suf] for e, _ in vals]
+                    self.err(self._file(have[0]), have[0], f"{what} must share '{suf}', but only {have} store it")
+                    continue
+                ref_e, ref = vals[0]
                 for e, v in vals[1:]:
                     if v.shape != ref.shape or not torch.equal(v.float(), ref.float()):
                         self.err(self._file(e.keys[suf]), e.keys[suf],
-                                 f"fused siblings under {parent} must share '{suf}' (one input); differs from "
-                                 f"{vals[0][0].keys[suf]}")
+                                 f"{what} must share '{suf}' (one input); differs from {ref_e.keys[suf]}")
                         break
 
     # ---- 6. optional/ (offline QuaRot extra info) ----
     def _load_optional(self):
+        dn = self.desc_name
         opt = self.desc.get("optional") or {}
         if not isinstance(opt, dict):
-            self.err(self.desc_name, "optional", "must be an object")
-            return
+            return  # reported by _check_globals
         for scope, info in opt.items():
-            rmap = (info or {}).get("rotation_map", {}) if isinstance(info, dict) else {}
+            rmap = info.get("rotation_map") if isinstance(info, dict) else None
             if not rmap:
-                self.err(self.desc_name, f"optional.{scope}", f"unknown optional section {scope!r}; not supported")
+                self.err(dn, f"optional.{scope}", f"unknown optional section {scope!r}; not supported")
+                continue
+            if not isinstance(rmap, dict):
+                self.err(dn, f"optional.{scope}.rotation_map",
+                         f"must be an object {{tensor name: file}}, got {type(rmap).__name__}")
                 continue
             for name, rel in rmap.items():
+                if not isinstance(rel, str):
+                    self.err(dn, f"optional.{scope}.rotation_map.{name}", f"file must be a string, got {rel!r:.80}")
+                    continue
                 try:
                     p = resolve_inside(self.root, rel)
                     infos, _ = read_header(p, rel)
@@ -514,8 +605,11 @@ class _Scan:
                 if name not in infos:
                     self.err(rel, name, f"optional.{scope}.rotation_map names {name!r} but the file lacks it")
                     continue
-                if self.load and self.keep:
+                if self.load:
                     from safetensors import safe_open
 
-                    with safe_open(str(p), framework="pt", device="cpu") as h:
-                        self.optional[f"{scope}.{name}"] = h.get_tensor(name)
+                    try:
+                        with safe_open(str(p), framework="pt", device="cpu") as h:
+                            self.optional[f"{scope}.{name}"] = h.get_tensor(name)
+                    except Exception as e:  # noqa: BLE001 - header passed our checks; report what safetensors says
+                        self.err(rel, name, f"cannot read the tensor ({type(e).__name__}: {e})")

@@ -19,6 +19,7 @@ import torch
 from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
 
+from ...checkpoint.layout import DESCRIPTION_FILE, FLOAT_LABEL, weight_label
 from ...schemes.registry import LABEL_TO_SCHEME, get_scheme, scheme_names
 from ..selection import BLOCK_RE, compile_pattern
 from .methods import OmniNpuLinearMethod
@@ -29,9 +30,7 @@ __all__ = ["OmniNpuQuantConfig", "OmniNpuOnlineConfig", "CHECKPOINT_METHOD", "ON
 log = logging.getLogger("omni_npu_quant.vllm")
 
 CHECKPOINT_METHOD = "omni_npu_quant"
-DESCRIPTION_FILE = "quant_model_description.json"
 ONLINE_SCHEMES = scheme_names(online=True)  # every registered scheme that quantizes from float weights alone
-FLOAT_LABEL = "FLOAT"
 ACT_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
 
@@ -132,12 +131,10 @@ class OmniNpuQuantConfig(_Base):
 
         from vllm.model_executor.models.utils import WeightsMapper
 
+        from ...checkpoint.layout import vllm_weight_renames
+
         base = QuantizationConfig.get_checkpoint_weight_mapper()
-        ours = WeightsMapper(orig_to_new_regex={
-            re.compile(r"\.linear\.(weight|weight_scale|weight_offset|weight_dual_scale|bias|deq_scale|quant_bias|"
-                       r"input_scale|input_offset)$"): r".\1",
-            re.compile(r"\.div\.mul_scale$"): ".mul_scale",
-        })
+        ours = WeightsMapper(orig_to_new_regex={re.compile(k): v for k, v in vllm_weight_renames().items()})
         return base | ours
 
     def label_for(self, prefix: str) -> str | None:
@@ -146,8 +143,7 @@ class OmniNpuQuantConfig(_Base):
             raise RuntimeError(f"{CHECKPOINT_METHOD}: no {self.description_file} was loaded")
         labels = {}
         for shard in self._fused_shards(prefix):
-            lab = self.description.get(f"{shard}.weight", self.description.get(f"{shard}.linear.weight"))
-            labels[shard] = lab
+            labels[shard] = weight_label(self.description, shard)
         present = {s: l for s, l in labels.items() if l is not None}
         if not present:
             return None  # not described (e.g. lm_head of a model whose JSON omits it): unquantized

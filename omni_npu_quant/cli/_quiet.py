@@ -10,8 +10,8 @@ torch, transformers, vLLM ...) is imported.  Without ``--verbose`` it
 * ignores Python warnings attributed to third-party modules.
 
 Our own loggers (``omni_npu_quant.*``) and our own warnings are left alone: they still show.
-``quiet_stderr()`` additionally silences file-descriptor-level stderr (C/C++ prints) around a lazy
-third-party import; it is a no-op with ``--verbose``.
+No file-descriptor-level redirection is needed: every message seen on this stack (torchao, torch's
+pytree, vLLM, transformers, diffusers) goes through Python logging or warnings.
 
 ``progress(iterable, total=, desc=)`` wraps tqdm: to stderr, with an ETA, disabled when stderr is not a
 terminal or with ``--quiet``.
@@ -24,7 +24,7 @@ import os
 import sys
 import warnings
 
-__all__ = ["configure", "is_verbose", "is_quiet", "quiet_stderr", "progress", "progress_enabled", "THIRD_PARTY_LOGGERS"]
+__all__ = ["configure", "is_verbose", "is_quiet", "progress", "progress_enabled", "THIRD_PARTY_LOGGERS"]
 
 # loggers of the packages whose import-time chatter reaches our users
 THIRD_PARTY_LOGGERS = (
@@ -81,32 +81,6 @@ def is_verbose() -> bool:
 
 def is_quiet() -> bool:
     return _STATE["quiet"]
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Send fd 2 to /dev/null for the duration (C-level prints of a third-party import); no-op when verbose.
-
-    An exception raised inside still propagates, and its traceback is printed after fd 2 is restored."""
-    if _STATE["verbose"]:
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (embedded interpreter, captured stderr)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", leave: bool = False):

@@ -236,7 +236,7 @@ def format_minilm_table(rep: dict) -> str:
     short = {b: b.split(":", 1)[1] if b.startswith("npu-sim:") else ("ref" if b == "reference" else b) for b in bes}
     head = f"{'scheme':<13}{'label':<21}{'linears':>7}{'bytes/bf16':>11}"
     for b in bes:
-        head += f"  {'cos ' + short[b]:>8}" + ("" if b == "reference" else f" {short[b] + ' path':<9}")
+        head += f"  {'cos ' + short[b]:>8}" + ("" if b == "reference" else f" {'path':<9}")
     head += f"{'time s':>8}"
     n_lin = rep["results"][0]["linears"] if rep["results"] else 0
     lines = [f"all-MiniLM-L6-v2 ({rep['source']}, {rep['dtype']}): {n_lin} encoder linears quantized with",

@@ -23,6 +23,12 @@ COMMANDS = {
     "bench": ("bench", "benchmark each scheme's linear against bf16 (GPU)"),
 }
 
+_DESCRIPTION = """Quantize models for Ascend NPUs (and CUDA GPUs, with an exact CPU reference).
+
+Start with `omni-npu-quant demo` (the real all-MiniLM-L6-v2 with every scheme on reference, A2 and A5).
+Global flags go before or after the subcommand: --verbose shows third-party warnings and log messages
+(hidden by default; ours always show), -q/--quiet hides progress bars."""
+
 _VERBOSE_HELP = "show third-party warnings and log messages (hidden by default) and our INFO messages"
 _QUIET_HELP = "no progress bars or progress messages"
 
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose, quiet = _prescan(argv)
     _quiet.configure(verbose=verbose, quiet=quiet)  # before any subcommand (and third-party) import
-    parser = argparse.ArgumentParser(prog="omni-npu-quant", description=__doc__,
+    parser = argparse.ArgumentParser(prog="omni-npu-quant", description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

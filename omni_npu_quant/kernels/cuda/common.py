@@ -1,7 +1,43 @@
-"""What the CUDA kernels share: device support (family, Triton present), the verified labels."""
+"""What the CUDA kernels share: device support (family, Triton present), the verified labels, and
+the ``torch.library`` custom op that ``torch.compile`` sees instead of the Triton launches.
+
+``CudaKernel.apply`` runs the kernel's ``_apply`` directly in eager mode (no dispatcher cost).  While
+Dynamo traces (``torch.compiler.is_compiling()``) it emits ``omni_npu_quant::cuda_linear(x2, handle,
+add_bias)`` instead: an opaque custom op whose fake implementation gives the (M, N) output in the
+activation dtype, so compiled graphs (and their CUDA graphs) call the same launchers."""
 from __future__ import annotations
 
+import functools
+import itertools
+import weakref
+
+import torch
+
 from ..base import LinearKernel
+
+_HANDLES: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+_NEXT = itertools.count(1)
+
+
+def _register(p):
+    """Give a prepared layer the integer handle the custom op names it by (set once, at prepare)."""
+    h = next(_NEXT)
+    _HANDLES[h] = p
+    p._op_handle = h
+    return p
+
+
+@torch.library.custom_op("omni_npu_quant::cuda_linear", mutates_args=())
+def cuda_linear(x2: torch.Tensor, handle: int, add_bias: bool) -> torch.Tensor:
+    """(M, K) activation -> (M, N) through the prepared layer registered under ``handle``."""
+    p = _HANDLES[handle]
+    return p.kernel._apply(p, x2, add_bias)
+
+
+@cuda_linear.register_fake
+def _cuda_linear_fake(x2, handle, add_bias):
+    p = _HANDLES[handle]
+    return x2.new_empty((x2.shape[0], p.n), dtype=p.act_dtype)
 
 SM90_VERIFIED = ("tested on an H200 (SM90): tests/backends/cuda -m gpu, quantizer bytes and outputs vs the reference, "
                  "2026-11-21")
@@ -22,6 +58,16 @@ def ceil_to(x: int, m: int) -> int:
 
 class CudaKernel(LinearKernel):
     device_kind = "cuda"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        own = cls.__dict__.get("prepare")
+        if own is not None:  # every CUDA prepare registers its PreparedLinear for the custom op
+            @functools.wraps(own)
+            def prepare(self, *a, **k):
+                return _register(own(self, *a, **k))
+
+            cls.prepare = prepare
     families: tuple[str, ...] = ("sm80", "sm89", "sm90", "sm100", "sm120")
 
     @classmethod
@@ -38,6 +84,14 @@ class CudaKernel(LinearKernel):
     def family_refusal(cls, family: str) -> str:
         return f"{cls.name} runs on {'/'.join(cls.families)}, not {family}"
 
+    def apply(self, p, x2, add_bias=True):
+        if torch.compiler.is_compiling():
+            return torch.ops.omni_npu_quant.cuda_linear(x2, p._op_handle, add_bias)
+        return self._apply(p, x2, add_bias)
+
+    def _apply(self, p, x2, add_bias=True):  # the launches; subclasses implement it
+        raise NotImplementedError
+
     def verified_for(self, device) -> str:
         return SM90_VERIFIED if device.family == "sm90" else CUDA_DOC
 
@@ -47,6 +101,4 @@ class CudaKernel(LinearKernel):
 
     @property
     def torch_device(self):
-        import torch
-
         return torch.device(self.dev)

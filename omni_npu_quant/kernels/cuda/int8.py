@@ -65,7 +65,7 @@ class CudaInt8Dynamic(CudaKernel):
         q, sc = ops.int8_dynamic_quant(x2, p.smooth)
         return {"x_q": q, "x_scale": sc}
 
-    def apply(self, p, x2, add_bias=True):
+    def _apply(self, p, x2, add_bias=True):
         from .jit import ops
 
         qa = self.quantize_activation(p, x2)
@@ -98,7 +98,7 @@ class CudaInt8Static(CudaKernel):
 
         return {"x_q": ops.int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)}
 
-    def apply(self, p, x2, add_bias=True):
+    def _apply(self, p, x2, add_bias=True):
         from .jit import ops
 
         q = self.quantize_activation(p, x2)["x_q"]

@@ -118,7 +118,7 @@ class CudaMX(CudaKernel):
             self._ws["bf16"] = buf
         return buf[: n * kp].view(n, kp)
 
-    def apply(self, p, x2, add_bias=True):
+    def _apply(self, p, x2, add_bias=True):
         from .jit import ops
 
         s = p.scheme

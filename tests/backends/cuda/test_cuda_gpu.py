@@ -169,6 +169,7 @@ def _layer(scheme, n, k, g, with_bias=True, mul_scale=False):
 
 
 SCHEMES = ["w8a8_dynamic", "w8a8_static", "mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual", "w8a16"]
+MX_SCHEMES = ("mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual")
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -177,7 +178,8 @@ def test_backend_matches_reference(name, dtype):
     g = _g(11)
     scheme = get_scheme(name)
     n, k = 256, 1024
-    ref, cuda = ReferenceBackend(), CudaBackend()
+    # the E1 / E0 kernels (cuda.mx for MX: tests/backends/cuda/test_fp8tc_gpu.py checks cuda.mx_fp8tc, E2)
+    ref, cuda = ReferenceBackend(), CudaBackend(kernel="cuda.mx" if name in MX_SCHEMES else None)
     for ms in (False, True):
         t = _layer(scheme, n, k, g, mul_scale=ms)
         pr = ref.prepare(scheme, t, dtype)
@@ -204,4 +206,6 @@ def test_capability_sm90():
     major = torch.cuda.get_device_capability()[0]
     assert cap.ok
     if major == 9:
-        assert cap.mode == "native"
+        assert cap.mode == "native" and cap.kernel == "cuda.mx_fp8tc"
+        dual = CudaBackend().capability(get_scheme("mxfp4_dual"))
+        assert dual.kernel == "cuda.mx" and any(k == "cuda.mx_fp8tc" for k, _ in dual.refusals)

@@ -1,0 +1,108 @@
+"""SM90 FP8-tensor-core MX kernel (single-scale MXFP8, MXFP4, W4A8 MXFP): MX operands rescaled per
+row onto the E4M3 grid (one fp32 power-of-two scale per row), then a rowwise-scaled FP8 GEMM on the
+FP8 tensor cores (Triton ``tl.dot`` of float8e4nv, fp32 accumulation promoted every 128 K).
+
+Exactness: E2, within rtol 1e-3 of the reference (as op-plugin's MX matmul tests), not bit-identical:
+rows whose blocks span more than the E4M3 window lose bits below 2**-9 of the row's largest block
+scale, and the FP8 tensor cores accumulate in reduced precision inside each 128-K chunk.  Which
+weight rows are exact is counted at prepare (a note names the count).  The activation quantizer is
+one fused kernel (``jit/fp8tc.py``) that writes the MX bytes and codes ``quantize_activation``
+reports (identical to the reference) and the row-rescaled E4M3 bytes the GEMM reads.
+
+Below ``fp8tc_min_m`` rows (default 1: every M) the call goes to the exact ``cuda.mx`` path
+(decode kernel / ``tl.dot_scaled``).  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
+beside the stored MX weight.  Off: backend option ``mx_fp8tc="off"`` or ``OMNI_NPU_QUANT_CUDA_MX_FP8TC=0``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..base import NATIVE
+from ..registry import register_kernel
+from .mx import CudaMX, CudaMXPrepared
+
+FP8TC_ENV = "OMNI_NPU_QUANT_CUDA_MX_FP8TC"
+F32 = torch.float32
+
+
+@dataclass
+class CudaMXFp8Prepared(CudaMXPrepared):
+    wr: torch.Tensor | None = None  # row-rescaled E4M3 weight bytes (N, Kp) uint8
+    sw: torch.Tensor | None = None  # fp32 (N,) row scales 2**S_n (NaN for a row with a NaN block scale)
+    exact_rows: int = 0  # weight rows whose rescale is exact
+    min_m: int = 1
+
+
+@register_kernel(15)
+class CudaMXFp8TC(CudaMX):
+    name = "cuda.mx_fp8tc"
+    schemes = ("mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual")  # dual: listed so that its refusal is shown
+    families = ("sm90",)
+    summary = ("MX operands rescaled per row onto E4M3 + rowwise-scaled FP8 tensor-core GEMM (Triton); "
+               "E2: within rtol 1e-3 of the reference")
+
+    @classmethod
+    def family_refusal(cls, family):
+        if family == "sm100":
+            return "SM100 has native MX tensor cores (cuda.mx lowers tl.dot_scaled to them)"
+        return f"FP8-tensor-core MX path is built and tested for SM90 only, not {family}"
+
+    def __init__(self, target):
+        super().__init__(target)
+        self.enabled = str(target.options.get("mx_fp8tc") or os.environ.get(FP8TC_ENV, "on")).lower() \
+            not in ("off", "0", "false", "no")
+        self.min_m = int(target.options.get("fp8tc_min_m", 1))
+
+    def mode(self, scheme):
+        return NATIVE, self.summary
+
+    def can_implement(self, scheme, n=None, k=None, act_dtype=None):
+        ok, why = super().can_implement(scheme, n, k, act_dtype)
+        if not ok:
+            return ok, why
+        if not self.enabled:
+            return False, f"disabled (backend option mx_fp8tc='off' or {FP8TC_ENV}=0)"
+        if scheme.dual_level:
+            return False, "dual-scale level-0 factors are fp32 per 512-chunk, not foldable into a row scale"
+        if act_dtype is not None and act_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            return False, f"activation dtype {act_dtype} not supported"
+        return True, ""
+
+    def prepare(self, scheme, tensors, act_dtype, n, k, where):
+        from .jit import twins
+
+        base = super().prepare(scheme, tensors, act_dtype, n, k, where)
+        wr, sw, exact = twins.rowwise_weight(base.weight, base.weight_scale, base.kp, scheme.weight_fmt)
+        p = CudaMXFp8Prepared(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+        p.kernel = self
+        p.wr, p.sw = wr.contiguous(), sw.contiguous()
+        p.exact_rows = int(exact.sum())
+        p.min_m = self.min_m
+        if p.exact_rows < n:
+            p.notes.append(f"{self.name}: {n - p.exact_rows} of {n} weight rows are not exact on the rowwise E4M3 "
+                           f"grid (error below 2**-9 of the row's largest block scale; E2 contract)")
+        return p
+
+    def quantize_activation(self, p, x2):
+        if x2.shape[0] < p.min_m:
+            return super().quantize_activation(p, x2)
+        from .jit import fp8tc, ops
+
+        s = p.scheme
+        q, codes, _, _ = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
+                                                write_mx=True, launch_opts=ops._launch_opts())
+        return self._storage(p, (q, codes, None))
+
+    def _apply(self, p, x2, add_bias=True):
+        if x2.shape[0] < p.min_m:
+            return super()._apply(p, x2, add_bias)
+        from .jit import fp8tc, ops
+
+        s = p.scheme
+        _, _, xr, sx = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
+                                              write_mx=False, launch_opts=ops._launch_opts())
+        return fp8tc.fp8_rowwise_gemm(xr, sx, p.wr, p.sw, p.n, p.kp, p.act_dtype, bias=p.bias if add_bias else None,
+                                      pick=ops._pick, m_bucket=ops.m_bucket, launch_opts=ops._launch_opts())

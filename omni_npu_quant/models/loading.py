@@ -211,6 +211,9 @@ def load_dir(path, *, dtype: torch.dtype | None = None) -> LoadedDir:
     if kind == DIFFUSERS_PIPELINE:
         raise ModelLoadError(f"{p} is a diffusers pipeline (model_index.json); load its transformer(s) with "
                              f"load_components, or pass {p}/transformer")
+    if is_quantized_dir(p):
+        raise ModelLoadError(f"{p} is a quantized checkpoint ({_QUANT_DESC}), not a float model: inspect it, pass "
+                             f"it as parity --checkpoint, or apply it with load_quantized")
     cfg = _read_json(p / "config.json", "config.json")
     if not _safetensors_files(p) and not list(p.glob("*.bin")):
         raise ModelLoadError(f"{p}: config.json but no weights (*.safetensors)")

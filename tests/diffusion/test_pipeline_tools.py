@@ -180,6 +180,8 @@ def test_quantize_inspect_parity_take_diffusers_directories(wan_pipeline_dir, di
     assert rc == 2 and "transformer" in text and "pass --checkpoint" in text
     rc, text = _run(["calibrate", "--model", str(wan_pipeline_dir), "--out", str(tmp_path / "c")], capsys)
     assert rc == 2 and "--pipeline" in text
+    with pytest.raises(SystemExit, match="is a quantized checkpoint"):
+        main(["quantize", "--model", str(tmp_path / "z"), "--scheme", "mxfp8", "--plan"])
 
 
 def test_parity_replays_a_captured_call(dit_dirs, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Reader of nunchaku SVDQuant safetensors (``SVDQW4A4Linear`` layers) -> our ``svdq_int4`` / ``svdq_nvfp4`` tensor sets.
+"""Reader of nunchaku SVDQuant safetensors (``SVDQW4A4Linear`` layers) -> ``svdq_int4`` / ``svdq_nvfp4`` tensor sets.
 
 Per layer ``p`` nunchaku stores (nunchaku-tech/nunchaku ``nunchaku/models/linear.py``; layouts from
 ``nunchaku/lora/flux/packer.py`` and the kernels' loaders, docs/svd.md section 1):
@@ -61,7 +61,7 @@ def _unpermute(flat: torch.Tensor, dims, perm) -> torch.Tensor:
 
 
 def unpack_weight(qweight: torch.Tensor, *, signed: bool) -> torch.Tensor:
-    """int8 [N, K/2] tile-packed nibbles -> row-major [N, K]: signed int4 values (int8) or unsigned 4-bit codes (uint8)."""
+    """int8 [N, K/2] tile-packed nibbles -> row-major [N, K]: signed int4 values (int8) or 4-bit codes (uint8)."""
     n, half = qweight.shape
     k = 2 * half
     words = qweight.contiguous().view(torch.int32)  # little-endian: 4 bytes = 8 nibbles, nibble i at bits 4i

@@ -394,11 +394,25 @@ def _save(path: Path, tensors: dict):
             if any(n in msg for n in needles):
                 raise OSError(code, os.strerror(code), str(path)) from None
         raise CheckpointError(f"safetensors could not write {path.name}: {msg}") from None
+    os.chmod(path, 0o666 & ~_umask())  # safetensors creates its file 0600; ours follow the umask
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide and racy)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
 
 
 def _write_weights(tmp: Path, tensors: dict, part_file_size: float):

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from ..numerics import int8 as I
-from .base import Scheme, TensorSpec
+from .base import Scheme, SchemeValidationError, TensorSpec
 from .registry import register_scheme
-from .w8a8_dynamic import check_group_count, dequantize_grouped, scale_groups
+from .w8a8_dynamic import check_group_count, check_scale_values, dequantize_grouped, scale_groups
 
 F32, I8 = torch.float32, torch.int8
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -21,6 +21,7 @@ class W8A16(Scheme):
     name = "w8a16"
     label = "W8A16"
     weight_bits = 8
+    rows_independent = True
     per_group_scales = True
     row_amax_weight_scale = True
     order = 30
@@ -42,6 +43,11 @@ class W8A16(Scheme):
     def check_values(self, tensors, n, k, loc):
         super().check_values(tensors, n, k, loc)
         check_group_count(k, scale_groups(tensors), loc)
+        check_scale_values(tensors, loc)
+        off = tensors.get("weight_offset")
+        if off is not None and not bool(torch.isfinite(off.float()).all()):
+            bad = (~torch.isfinite(off.float())).nonzero()[0].tolist()
+            raise SchemeValidationError(f"{loc}tensor 'weight_offset' has a non-finite value at {bad}")
 
     def quantize_weight(self, weight, bias=None, **calib):
         q, s = I.quantize_weight_int8(weight)

@@ -28,6 +28,25 @@ def check_group_count(k: int, groups: int, loc: str) -> int:
         raise SchemeValidationError(f"{loc}{e}") from None
 
 
+def check_scale_values(tensors, loc: str, name: str = "weight_scale") -> None:
+    """A weight scale must be finite and >= 0, and > 0 wherever its row/group of ``weight`` is non-zero
+    (a zero scale there would silently zero the output; an all-zero row may have scale 0)."""
+    ws = tensors[name].float()
+    if not bool(torch.isfinite(ws).all()):
+        bad = (~torch.isfinite(ws)).nonzero()[0].tolist()
+        raise SchemeValidationError(f"{loc}tensor '{name}' has a non-finite value at {bad}")
+    if bool((ws < 0).any()):
+        raise SchemeValidationError(f"{loc}tensor '{name}' has a negative value at {(ws < 0).nonzero()[0].tolist()}")
+    w = tensors["weight"]
+    s = ws.reshape(w.shape[0], -1)
+    if bool((s == 0).any()):
+        live = (w.reshape(w.shape[0], s.shape[1], -1) != 0).any(-1)
+        dead = (s == 0) & live
+        if bool(dead.any()):
+            raise SchemeValidationError(f"{loc}tensor '{name}' is 0 at {dead.nonzero()[0].tolist()} where the weight "
+                                        "is non-zero (the output would silently be zeroed)")
+
+
 def dequantize_grouped(w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 ``(w - offset) * scale`` with per-channel or per-K-group scale (N, G)."""
     s = scale.to(F32).reshape(w.shape[0], -1)
@@ -44,6 +63,7 @@ class W8A8Dynamic(Scheme):
     name = "w8a8_dynamic"
     label = "W8A8_DYNAMIC"
     weight_bits = 8
+    rows_independent = True
     per_group_scales = True
     row_amax_weight_scale = True
     order = 10
@@ -65,6 +85,7 @@ class W8A8Dynamic(Scheme):
     def check_values(self, tensors, n, k, loc):
         super().check_values(tensors, n, k, loc)
         check_group_count(k, scale_groups(tensors), loc)
+        check_scale_values(tensors, loc)
         off = tensors.get("weight_offset")
         if off is not None and bool((off.float() != 0).any()):
             raise SchemeValidationError(f"{loc}tensor 'weight_offset' is non-zero: W8A8_DYNAMIC weights must be symmetric")

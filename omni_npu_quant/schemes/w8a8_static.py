@@ -27,6 +27,7 @@ class W8A8Static(Scheme):
     name = "w8a8_static"
     label = "W8A8"
     weight_bits = 8
+    rows_independent = True
     order = 20
     needs_calibration = True
     in_main_job = True
@@ -50,9 +51,18 @@ class W8A8Static(Scheme):
         s = tensors["input_scale"].float()
         if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
             raise SchemeValidationError(f"{loc}tensor 'input_scale' must be finite and > 0, got {s.flatten().tolist()}")
-        ds = I.deq_scale_fp32(tensors["deq_scale"])
+        off = tensors["input_offset"].float()
+        if not bool(torch.isfinite(off).all()) or bool(((off < -128) | (off > 127)).any()):
+            raise SchemeValidationError(f"{loc}tensor 'input_offset' must be a finite int8 zero point in [-128, 127], "
+                                        f"got {off.flatten().tolist()}")
+        ds = I.deq_scale_fp32(tensors["deq_scale"])  # int64 bit patterns decoded
         if not bool(torch.isfinite(ds).all()):
             raise SchemeValidationError(f"{loc}tensor 'deq_scale' has non-finite values")
+        live = (tensors["weight"] != 0).any(-1)
+        bad = (ds < 0) | ((ds == 0) & live)
+        if bool(bad.any()):
+            raise SchemeValidationError(f"{loc}tensor 'deq_scale' must be > 0 (0 only for an all-zero weight row); "
+                                        f"{ds[bad].flatten()[:4].tolist()} at rows {bad.nonzero().flatten()[:4].tolist()}")
 
     def quantize_weight(self, weight, bias=None, *, act_min=None, act_max=None, deq_scale_dtype=F32, **calib):
         """Needs the activation range (``act_min``, ``act_max``) from calibration."""

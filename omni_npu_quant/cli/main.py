@@ -21,6 +21,8 @@ COMMANDS = {
     "calibrate": ("calibrate", "offline calibration (dual-scale mul_scale, static ranges) -> AscendV1 checkpoint"),
     "parity": ("parity", "compare backends layer by layer on the same inputs"),
     "bench": ("bench", "benchmark each scheme's linear against bf16 (GPU)"),
+    "trajectory": ("trajectory", "diffusion pipelines: full denoise loop float vs quantized, image metrics; "
+                                 "--search-ignored proposes ignored_layers"),
 }
 
 _DESCRIPTION = """Quantize models for Ascend NPUs (and CUDA GPUs, with an exact CPU reference).

@@ -65,6 +65,7 @@ class Scheme(abc.ABC):
     bias_in_quant_bias: ClassVar[bool] = False  # the float bias is folded into an int32 quant_bias
     per_group_scales: ClassVar[bool] = False  # weight_scale may be (N, K/group) (tensor_specs takes groups=)
     row_amax_weight_scale: ClassVar[bool] = False  # online weight scale per output row from the row's amax
+    rows_independent: ClassVar[bool] = False  # quantize_weight of a row chunk == those rows of the whole (chunkable)
 
     # ---- storage ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -143,6 +144,28 @@ class Scheme(abc.ABC):
     @abc.abstractmethod
     def quantize_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None, **calib) -> dict[str, torch.Tensor]:
         """Float (N, K) weight (+ optional bias and calibration data) -> tensor set."""
+
+    def quantize_weight_rows(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                             max_elements: int = 1 << 22, **calib) -> dict[str, torch.Tensor]:
+        """``quantize_weight`` in bounded chunks of output rows, so the fp32 temporaries of a large layer
+        stay small.  Only for schemes with ``rows_independent`` (their stored tensors are per output row,
+        ``output_dim == 0``, or per tensor and identical in every chunk, which is checked); others whole."""
+        n, k = int(weight.shape[0]), int(weight.shape[1])
+        step = max(1, max_elements // max(1, k))
+        if step >= n or not self.rows_independent:
+            return self.quantize_weight(weight, bias, **calib)
+        parts = [self.quantize_weight(weight[i:i + step], None if bias is None else bias[i:i + step], **calib)
+                 for i in range(0, n, step)]
+        rows = {sp.name for sp in self.tensor_specs(n, k, has_bias=bias is not None) if sp.output_dim == 0}
+        out = {}
+        for name in parts[0]:
+            if name in rows:
+                out[name] = torch.cat([p[name] for p in parts], dim=0)
+            else:
+                if any(not torch.equal(p[name], parts[0][name]) for p in parts[1:]):
+                    raise ValueError(f"{self.name}: tensor '{name}' differs between row chunks; quantize it whole")
+                out[name] = parts[0][name]
+        return out
 
     @abc.abstractmethod
     def dequantize_weight(self, tensors: dict[str, torch.Tensor], k: int | None = None) -> torch.Tensor:

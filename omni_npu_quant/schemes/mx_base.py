@@ -35,6 +35,7 @@ class MXScheme(Scheme):
     act_fmt = E2M1
     k_multiple = MX_BLOCK  # whole E8M0 blocks only (calibrate, the reader, vLLM and every kernel agree)
     dual_level = False  # True: a level-0 fp32 scale per 512 on top of the E8M0 scales
+    rows_independent = True
 
     def __post_init__(self):
         for what, fmt, mode, alg in (("act", self.act_fmt, self.act_round_mode, self.act_scale_alg),

@@ -108,3 +108,17 @@ def test_bad_activation_options_refused_at_construction():
         get_scheme("mxfp8", act_round_mode="round")  # FP8 activations: rint only (npu_dynamic_mx_quant)
     with pytest.raises(ValueError, match="act_scale_alg=7"):
         get_scheme("w4a8_mxfp", act_scale_alg=7)
+
+
+def test_quantize_weight_rows_equals_whole(gen):
+    """Row-chunked quantization (bounded temporaries in quantize_) stores exactly what the whole layer does."""
+    for name, cls in SCHEMES.items():
+        s = get_scheme(name)
+        if not s.rows_independent:
+            continue
+        kw = dict(act_min=-1.0, act_max=1.0) if s.needs_calibration else {}
+        w, b = torch.randn(100, 1024, generator=gen), torch.randn(100, generator=gen)
+        whole, rows = s.quantize_weight(w, b, **kw), s.quantize_weight_rows(w, b, max_elements=7 * 1024, **kw)
+        assert whole.keys() == rows.keys(), name
+        for key in whole:
+            assert torch.equal(whole[key], rows[key]), (name, key)

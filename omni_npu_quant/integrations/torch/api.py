@@ -210,15 +210,16 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping | str = "mxfp4", *
         log.warning("quantize_: no layer of %s was quantized (%d linear layers kept float: %s)",
                     type(model).__name__, len(plan), "; ".join(reasons[:4]) + ("; ..." if len(reasons) > 4 else ""))
     for p in (progress(todo) if progress is not None else todo):
-        lin: nn.Linear = mods[p.name]
+        lin: nn.Linear = mods.pop(p.name)  # no reference kept: the float weight is freed once replaced
         scheme = get_scheme(p.scheme, **p.options)
         calib = {}
         if p.name in ranges:
             calib = {"act_min": ranges[p.name][0], "act_max": ranges[p.name][1]}
         w = lin.weight.detach()
         b = None if lin.bias is None else lin.bias.detach()
-        tensors = scheme.quantize_weight(w, b, **calib)
+        tensors = scheme.quantize_weight_rows(w, b, **calib)  # bounded temporaries per layer
         act_dtype = w.dtype if w.is_floating_point() else torch.bfloat16
+        del w, b, lin
         _set_module(model, p.name, QuantLinear(scheme, tensors, backend=backend, act_dtype=act_dtype, name=p.name,
                                                k=p.in_features))
     model.omni_npu_quant_config = config.to_dict()

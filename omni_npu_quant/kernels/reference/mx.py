@@ -22,7 +22,7 @@ F32 = torch.float32
 @dataclass
 class MXPrepared(PreparedLinear):
     weight: torch.Tensor | None = None  # stored elements (E4M3 (N, K) or packed FP4 (N, K/2))
-    weight_exp: torch.Tensor | None = None  # int32 E8M0 exponents (N, K/32)
+    weight_scale: torch.Tensor | None = None  # stored E8M0 codes (N, K/32), decoded per row chunk
     weight_l0: torch.Tensor | None = None  # dual-scale: fp32 (N, K/512)
 
 
@@ -37,14 +37,14 @@ class ReferenceMX(ReferenceKernel):
         return MXPrepared(scheme, self, n, k, act_dtype, bias=self.to_dev(tensors.get("bias"), F32),
                           mul_scale=self.to_dev(effective_mul_scale(tensors.get("mul_scale"), act_dtype)),
                           mode=self.mode(scheme)[0], weight=self.to_dev(scheme.weight_elements(tensors)),
-                          weight_exp=code_to_exponent(self.to_dev(tensors["weight_scale"])), weight_l0=l0)
+                          weight_scale=self.to_dev(tensors["weight_scale"]), weight_l0=l0)
 
     def quantize_activation(self, p, x2):
         return p.scheme.activation_storage(p.scheme.quantize_activation(x2, p.mul_scale))
 
     def weight_rows(self, p, r) -> torch.Tensor:
         """Exact fp32 level-1 weight values of output rows ``r``."""
-        return MX.mx_dequantize(MX.mx_decode(p.weight[r], p.scheme.weight_fmt, p.k), p.weight_exp[r])
+        return MX.mx_dequantize(MX.mx_decode(p.weight[r], p.scheme.weight_fmt, p.k), code_to_exponent(p.weight_scale[r]))
 
     def apply(self, p, x2, add_bias=True):
         a, a_l0 = p.scheme.activation_from_storage(self.quantize_activation(p, x2), p.k)

@@ -1,4 +1,5 @@
-"""Read GPTQ and AutoRound int4 checkpoints as W4A16 layers (strict, bit-preserving).
+"""Read GPTQ and AutoRound int4 checkpoints as W4A16 layers (strict, bit-preserving); 8-bit layers of
+mixed-bit AutoRound checkpoints (``extra_config``) and 8-bit GPTQ checkpoints are read as W8A16.
 
 Detection: ``quantization_config`` in ``config.json`` (also ``quantization_config.json`` written by
 auto-round, ``quantize_config.json`` of AutoGPTQ, and a diffusers pipeline's ``transformer*/config.json``)
@@ -49,6 +50,7 @@ _TRANSFORMER_RE = re.compile(r"^transformer(_\d+)?$")
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)
 LABEL = "W4A16"
 SCHEME = "w4a16"
+SCHEME_OF_BITS = {4: ("w4a16", "W4A16"), 8: ("w8a16", "W8A16")}  # mixed-bit AutoRound: 8-bit layers are W8A16
 
 
 @dataclass(frozen=True)
@@ -131,9 +133,9 @@ def parse_config(file: str, qc: dict) -> GptqConfig:
     method = str(qc.get("quant_method", "gptq")).lower().replace("_", "-")
     method = "auto-round" if method in ("auto-round", "autoround") else "gptq"
     bits = qc.get("bits")
-    if bits != 4:
-        raise GptqConfigError(file, "bits", f"bits={bits!r}: only 4-bit GPTQ/AutoRound checkpoints are read "
-                                            f"(scheme W4A16)")
+    if bits not in SCHEME_OF_BITS:
+        raise GptqConfigError(file, "bits", f"bits={bits!r}: only 4-bit (scheme W4A16) and 8-bit (scheme W8A16) "
+                                            f"GPTQ/AutoRound checkpoints are read")
     gs = qc.get("group_size", -1)
     if not isinstance(gs, int) or isinstance(gs, bool) or (gs != -1 and gs <= 0):
         raise GptqConfigError(file, "group_size", f"group_size={gs!r}: expected -1 (per channel) or a positive int")
@@ -164,22 +166,28 @@ def parse_config(file: str, qc: dict) -> GptqConfig:
     extra = qc.get("extra_config") or {}
     if not isinstance(extra, dict):
         raise GptqConfigError(file, "extra_config", "must be an object {layer: {bits, group_size, sym}}")
-    return GptqConfig(file, method, 4, gs, sym, desc_act, packing, v1, dict(qc), dict(extra))
+    return GptqConfig(file, method, bits, gs, sym, desc_act, packing, v1, dict(qc), dict(extra))
 
 
 # ---- packing ------------------------------------------------------------------------------------
-def unpack_gptq_qweight(qw: torch.Tensor) -> torch.Tensor:
-    """int32 (K/8, N) -> unsigned values int32 (K, N) (nibble j of row r = row 8r + j)."""
+def _shifts(bits: int) -> torch.Tensor:
+    return torch.arange(0, 32, bits, dtype=torch.int64)
+
+
+def unpack_gptq_qweight(qw: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """int32 (K*bits/32, N) -> unsigned values int32 (K, N) (field j of row r = row (32/bits) r + j)."""
     kw, n = qw.shape
-    u = ((qw.to(torch.int64) & 0xFFFFFFFF).unsqueeze(1) >> _SHIFTS.reshape(1, 8, 1)) & 0xF
-    return u.reshape(kw * 8, n).to(torch.int32)
+    per = 32 // bits
+    u = ((qw.to(torch.int64) & 0xFFFFFFFF).unsqueeze(1) >> _shifts(bits).reshape(1, per, 1)) & (2 ** bits - 1)
+    return u.reshape(kw * per, n).to(torch.int32)
 
 
-def unpack_gptq_qzeros(qz: torch.Tensor) -> torch.Tensor:
-    """int32 (G, N/8) -> unsigned values int32 (G, N) (nibble j of column c = column 8c + j)."""
+def unpack_gptq_qzeros(qz: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """int32 (G, N*bits/32) -> unsigned values int32 (G, N) (field j of column c = column (32/bits) c + j)."""
     g, nw = qz.shape
-    u = ((qz.to(torch.int64) & 0xFFFFFFFF).unsqueeze(-1) >> _SHIFTS) & 0xF
-    return u.reshape(g, nw * 8).to(torch.int32)
+    per = 32 // bits
+    u = ((qz.to(torch.int64) & 0xFFFFFFFF).unsqueeze(-1) >> _shifts(bits)) & (2 ** bits - 1)
+    return u.reshape(g, nw * per).to(torch.int32)
 
 
 def _to_int32(word: torch.Tensor) -> torch.Tensor:
@@ -207,26 +215,28 @@ class LayerProblem(ValueError):
 
 
 def gptq_to_w4a16(prefix: str, t: dict[str, torch.Tensor], *, zeros_minus_one: bool, group_size: int | None = None,
-                  sym: bool | None = None, warn=None) -> tuple[dict[str, torch.Tensor], int]:
+                  sym: bool | None = None, warn=None, bits: int = 4) -> tuple[dict[str, torch.Tensor], int]:
     """GPTQ tensors of one layer (``qweight``, ``qzeros``, ``scales``, optional ``g_idx``, ``bias``) ->
-    (canonical W4A16 tensor set, K).  Raises ``LayerProblem`` naming the tensor; ``warn(tensor, msg)``
-    receives non-fatal findings."""
+    (canonical tensor set, K): W4A16 for ``bits`` 4, W8A16 for 8 (``u - 2**(bits-1)`` and
+    ``zero - 2**(bits-1)``).  Raises ``LayerProblem`` naming the tensor; ``warn(tensor, msg)`` receives
+    non-fatal findings."""
+    per, mid = 32 // bits, 2 ** (bits - 1)
     for s in ("qweight", "qzeros", "scales"):
         if s not in t:
-            raise LayerProblem(f"{prefix}.{s}", f"missing: a GPTQ layer needs qweight, qzeros and scales")
+            raise LayerProblem(f"{prefix}.{s}", "missing: a GPTQ layer needs qweight, qzeros and scales")
     qw, qz, sc = t["qweight"], t["qzeros"], t["scales"]
     if qw.dtype != torch.int32 or qw.dim() != 2:
-        raise LayerProblem(f"{prefix}.qweight", f"expected 2-D int32 (K/8, N), got {qw.dtype} {list(qw.shape)}")
-    k, n = 8 * int(qw.shape[0]), int(qw.shape[1])
+        raise LayerProblem(f"{prefix}.qweight", f"expected 2-D int32 (K/{per}, N), got {qw.dtype} {list(qw.shape)}")
+    k, n = per * int(qw.shape[0]), int(qw.shape[1])
     if sc.dtype not in (torch.float16, torch.bfloat16, torch.float32) or sc.dim() != 2 or sc.shape[1] != n:
         raise LayerProblem(f"{prefix}.scales", f"expected float (G, N={n}), got {sc.dtype} {list(sc.shape)}")
     g = int(sc.shape[0])
-    if qz.dtype != torch.int32 or tuple(qz.shape) != (g, n // 8) or n % 8:
-        raise LayerProblem(f"{prefix}.qzeros", f"expected int32 (G={g}, N/8={n / 8:g}) for qweight "
+    if qz.dtype != torch.int32 or n % per or tuple(qz.shape) != (g, n // per):
+        raise LayerProblem(f"{prefix}.qzeros", f"expected int32 (G={g}, N/{per}={n / per:g}) for {bits}-bit qweight "
                                                f"{list(qw.shape)}, got {qz.dtype} {list(qz.shape)}")
     if g < 1 or k % g:
         raise LayerProblem(f"{prefix}.scales", f"{g} groups do not divide K={k} evenly (a partial last group "
-                                               f"is not representable as W4A16 per-group scales)")
+                                               f"is not representable as per-group scales)")
     gs = k // g
     if group_size is not None and group_size != -1 and g > 1 and gs != group_size:
         raise LayerProblem(f"{prefix}.scales", f"{g} groups for K={k} means group size {gs}, but the "
@@ -235,16 +245,16 @@ def gptq_to_w4a16(prefix: str, t: dict[str, torch.Tensor], *, zeros_minus_one: b
         raise LayerProblem(f"{prefix}.scales", f"group_size=-1 (per channel) but scales has {g} groups")
     if not bool(torch.isfinite(sc.float()).all()):
         raise LayerProblem(f"{prefix}.scales", "non-finite scale values")
-    u = unpack_gptq_qweight(qw)  # (K, N) in [0, 15]
-    z = unpack_gptq_qzeros(qz)  # (G, N)
+    u = unpack_gptq_qweight(qw, bits)  # (K, N) in [0, 2**bits)
+    z = unpack_gptq_qzeros(qz, bits)  # (G, N)
     if zeros_minus_one:
-        z = z + 1  # v1: stored zero - 1 (AutoGPTQ convention), zero in [1, 16]
+        z = z + 1  # v1: stored zero - 1 (AutoGPTQ convention)
     out: dict[str, torch.Tensor] = {}
-    weight = (u - 8).t().contiguous().to(torch.int8)  # (N, K) in [-8, 7]
-    offset = (z - 8).t().contiguous().to(torch.float32)  # (N, G)
+    weight = (u - mid).t().contiguous().to(torch.int8)  # (N, K), signed
+    offset = (z - mid).t().contiguous().to(torch.float32)  # (N, G)
     scale = sc.t().contiguous()
     if sym is True and bool((offset != 0).any()) and warn is not None:
-        warn(f"{prefix}.qzeros", "quantization_config says sym=true but the stored zero points are not all 8; "
+        warn(f"{prefix}.qzeros", f"quantization_config says sym=true but the stored zero points are not all {mid}; "
                                  "the stored zero points are used")
     gi = t.get("g_idx")
     if gi is not None:
@@ -256,6 +266,9 @@ def gptq_to_w4a16(prefix: str, t: dict[str, torch.Tensor], *, zeros_minus_one: b
                                                   f"[{int(gi64.min())}, {int(gi64.max())}]")
         trivial = torch.arange(k, dtype=torch.int64) // gs
         if not torch.equal(gi64, trivial):
+            if bits != 4:
+                raise LayerProblem(f"{prefix}.g_idx", f"act-order (a non-sequential g_idx) is read for 4-bit layers "
+                                                      f"only, this layer has {bits} bits")
             perm = torch.sort(gi64, stable=True).indices
             if not torch.equal(gi64[perm], trivial):
                 counts = torch.bincount(gi64, minlength=g).tolist()
@@ -401,10 +414,12 @@ class _GptqScan:
                 self.err(self.infos[sufs[s]].file, sufs[s], f"unexpected tensor next to {prefix}.qweight (a GPTQ "
                                                             f"layer stores {', '.join(_SUFFIXES)})")
             over = self._layer_cfg(prefix)
-            if over.get("bits", 4) != 4:
-                self.err(file, sufs["qweight"], f"extra_config gives this layer bits={over.get('bits')!r}; only "
-                                                f"4-bit GPTQ layers are read")
+            bits = over.get("bits", cfg.bits)
+            if bits not in SCHEME_OF_BITS:
+                self.err(file, sufs["qweight"], f"extra_config gives this layer bits={bits!r}; only 4-bit (W4A16) "
+                                                f"and 8-bit (W8A16) GPTQ layers are read")
                 continue
+            scheme_name, label = SCHEME_OF_BITS[bits]
             if bad and self.strict:
                 continue
             if not self.load:
@@ -413,7 +428,7 @@ class _GptqScan:
             try:
                 ts, k = gptq_to_w4a16(prefix, tensors, zeros_minus_one=cfg.zeros_minus_one,
                                       group_size=over.get("group_size", cfg.group_size),
-                                      sym=over.get("sym", cfg.sym),
+                                      sym=over.get("sym", cfg.sym), bits=bits,
                                       warn=lambda tensor, msg: self.err(file, tensor, msg, "warning"))
             except LayerProblem as e:
                 self.err(self.infos[e.tensor].file if e.tensor in self.infos else file, e.tensor, str(e))
@@ -426,7 +441,7 @@ class _GptqScan:
                 from ..schemes.registry import get_scheme
 
                 try:
-                    get_scheme(SCHEME).validate(ts, k=k, where=prefix)
+                    get_scheme(scheme_name).validate(ts, k=k, where=prefix)
                 except SchemeValidationError as e:
                     self.err(file, prefix, f"{e} (converted from GPTQ)")
                     continue
@@ -437,7 +452,7 @@ class _GptqScan:
                 keys["input_perm"] = sufs["g_idx"]
             if "bias" in ts:
                 keys["bias"] = sufs["bias"]
-            self.layers[prefix] = LayerEntry(LABEL, SCHEME, ts, k, keys,
+            self.layers[prefix] = LayerEntry(label, scheme_name, ts, k, keys,
                                              tuple(sorted({self.infos[x].file for x in sufs.values()})))
         attached = {k for sufs in groups.values() for k in sufs.values()}
         for key in sorted(self.infos):
@@ -449,12 +464,13 @@ class _GptqScan:
         desc: dict = {}
         for prefix, e in self.layers.items():
             for s in e.tensors:
-                desc[f"{prefix}.{s}"] = "FLOAT" if s == "bias" else LABEL
+                desc[f"{prefix}.{s}"] = "FLOAT" if s == "bias" else e.label
         for key in self.floats:
             desc[key] = "FLOAT"
         gs = {e.tensors["weight"].shape[1] // e.tensors["weight_scale"].shape[1] for e in self.layers.values()
               if e.tensors["weight_scale"].shape[1] > 1}
-        desc.update({"model_quant_type": LABEL if self.layers else "FLOAT", "group_size": gs.pop() if len(gs) == 1 else 0,
+        labels = {e.label for e in self.layers.values()}
+        desc.update({"model_quant_type": (LABEL if LABEL in labels else labels.pop()) if labels else "FLOAT", "group_size": gs.pop() if len(gs) == 1 else 0,
                      "source_format": cfg.method, "packing_format": cfg.packing, "config_file": cfg.file})
         self.desc = desc
         if not self.layers and not any(p.severity == "error" for p in self.problems):

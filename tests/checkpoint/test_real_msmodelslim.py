@@ -160,3 +160,33 @@ def test_writer_round_trip_is_byte_compatible(real_ckpt, name, tmp_path):
             t = h.get_tensor(k)
             assert t.dtype == src[k].dtype and t.shape == src[k].shape and torch.equal(t, src[k]), k
     assert "quantization_config" not in json.loads((dst / "config.json").read_text())
+
+
+def _stored_dtypes(path) -> dict[tuple[str, str], str]:
+    """(label, suffix) -> on-disk dtype of every tensor of a checkpoint (quantized layers and FLOAT tensors)."""
+    ck = load_checkpoint(path)
+    out = {}
+    for e in ck.layers.values():
+        for s, t in e.tensors.items():
+            out.setdefault((e.label, s), set()).add(str(t.dtype))
+    for k, t in ck.float_tensors.items():
+        out.setdefault(("FLOAT", k.rpartition(".")[2]), set()).add(str(t.dtype))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_writer_dtypes_match_msmodelslim(real_ckpt, name, tmp_path):
+    """Issue 17 item 6: our quantizers + writer store every tensor of every label the real msModelSlim produces in
+    msModelSlim's dtype (fp32 scales; W8A8 deq_scale fp32 for bf16 and int64 for fp16 models; fp8 / uint8 MX)."""
+    model, out = real_ckpt(name)
+    ck = load_checkpoint(out)
+    fw = _float_weights(model)
+    layers = {}
+    for prefix, e in ck.layers.items():
+        calib = {"act_min": -2.0, "act_max": 3.0} if e.label == "W8A8" else {}
+        layers[prefix] = (e.label, get_scheme(e.label).quantize_weight(fw[prefix + ".weight"], fw.get(prefix + ".bias"),
+                                                                       **calib))
+    ours = write_ascendv1(tmp_path / "ours", layers, ck.float_tensors, copy_from=str(model))
+    theirs = _stored_dtypes(out)
+    assert {k for k in theirs if k[0] != "FLOAT"}, theirs
+    assert _stored_dtypes(ours) == theirs

@@ -32,7 +32,8 @@ def saver_label(label: str) -> str:
 def lowrank_weight(n, k, rank, seed=0):
     """A weight with a strong rank-``rank`` part and outlier input channels (what SVD is for)."""
     g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, rank, generator=g) @ torch.randn(rank, k, generator=g) * 0.3 + torch.randn(n, k, generator=g) * 0.05
+    w = torch.randn(n, rank, generator=g) @ torch.randn(rank, k, generator=g) * 0.3
+    w += torch.randn(n, k, generator=g) * 0.05
     w[:, :: max(1, k // 5)] *= 6.0
     return w
 
@@ -57,8 +58,10 @@ def test_validation_errors_name_the_tensor():
     assert s.validate(t) == (64, 128)
     for mutate, msg in [
         (lambda d: d.pop("svd_lowrank_l1"), "missing tensor 'svd_lowrank_l1'"),
-        (lambda d: d.__setitem__("svd_lowrank_l2", torch.zeros(64, 4, dtype=torch.bfloat16)), "'svd_lowrank_l2' has shape"),
-        (lambda d: d.__setitem__("svd_lowrank_l1", torch.zeros(8, 128, dtype=torch.int8)), "'svd_lowrank_l1' has dtype"),
+        (lambda d: d.__setitem__("svd_lowrank_l2", torch.zeros(64, 4, dtype=torch.bfloat16)),
+         "'svd_lowrank_l2' has shape"),
+        (lambda d: d.__setitem__("svd_lowrank_l1", torch.zeros(8, 128, dtype=torch.int8)),
+         "'svd_lowrank_l1' has dtype"),
         (lambda d: d["svd_lowrank_l2"].__setitem__((0, 0), float("nan")), "'svd_lowrank_l2' holds non-finite"),
         (lambda d: d.__setitem__("weight_scale", torch.full_like(d["weight_scale"], 255)), "E8M0 code 255"),
     ]:
@@ -130,7 +133,8 @@ def test_npu_sim_against_reference(name):
         if name == "w8a8_dynamic_svd":
             assert bool(((y - y_ref).abs() <= bound).all())
             continue
-        assert p.mode == "exact fallback" and p.residual.kernel.name == "npu.mx_fallback" and not p.residual.kernel.fake_quant
+        assert p.mode == "exact fallback" and p.residual.kernel.name == "npu.mx_fallback"
+        assert not p.residual.kernel.fake_quant
         wres = s.residual.dequantize_weight(s.split(t)[0])
         res_o = x.reshape(-1, k).float() @ wres.t() + t["bias"]
         oracle = res_o + branch  # the residual comes back rounded to bf16 (cancellation against the branch)

@@ -88,8 +88,10 @@ def autoround_dequant(d: Path, prefix: str, tensors: dict | None = None) -> torc
     qw, sc = t[prefix + ".qweight"], t[prefix + ".scales"]
     bits = (qc.get("extra_config") or {}).get(prefix, {}).get("bits", qc["bits"])
     k, n = qw.shape[0] * 32 // bits, qw.shape[1]
-    packing = qc.get("packing_format", "gptq" if qc.get("quant_method") == "gptq" else "")
-    v1 = packing in ("auto_round:auto_gptq", "gptq") or qc.get("quant_method") == "gptq"
+    if qc.get("quant_method") == "gptq":  # AutoGPTQ: checkpoint_format gptq (zero - 1) or gptq_v2
+        v1 = qc.get("checkpoint_format", "gptq") == "gptq"
+    else:
+        v1 = qc.get("packing_format") == "auto_round:auto_gptq"
     if v1:
         from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
     else:
@@ -193,6 +195,22 @@ def produce_all(root: Path, tags=None) -> dict:
         prefixes = sorted(k[: -len(".qweight")] for k in t if k.endswith(".qweight"))
         torch.save({p: autoround_dequant(d, p, t) for p in prefixes}, str(d / "oracle.pt"))
         index[tag] = str(d)
+    # act-order (desc_act) in the documented GPTQ format: auto-round does not export it, its torch
+    # QuantLinear dequantizes it (square layers, see autoround_dequant)
+    gen = torch.Generator().manual_seed(11)
+    layers, exact = {}, {}
+    for i, (sym, v1) in enumerate(((True, True), (False, True), (False, False))):
+        u, z, sc, g, w = random_gptq_layer(128, 128, 32, sym=sym, act_order=True, gen=gen)
+        layers[f"blk.{i}.proj"] = (u, z, sc, g)
+        exact[f"blk.{i}.proj"] = w
+    for v1 in (True, False):
+        d = write_gptq(root / f"actorder_v{1 if v1 else 2}", layers,
+                       group_size=32, sym=False, desc_act=True, v1=v1)
+        t = _load(d)
+        torch.save({p: autoround_dequant(d, p, t) for p in sorted(k[:-8] for k in t if k.endswith(".qweight"))},
+                   str(d / "oracle.pt"))
+        torch.save(exact, str(d / "exact.pt"))
+        index[f"actorder_v{1 if v1 else 2}"] = str(d)
     (root / "index.json").write_text(json.dumps(index, indent=1))
     return index
 

@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from ..schemes.registry import LABEL_TO_SCHEME
+from ..schemes.registry import LABEL_TO_SCHEME, SCHEMES
 from .layout import DESCRIPTION_FILE, GLOBAL_KEYS, LINEAR_SUFFIXES  # noqa: F401  (re-exported; defined in layout)
 
 __all__ = [
@@ -33,8 +33,8 @@ QUANT_TYPE_PRIORITY = (
 MX_LABELS = ("W8A8_MXFP8", "W4A8_MXFP", "W4A4_MXFP4", "W4A4_MXFP4_DUALSCALE", "W4A4_MXFP4_SVD")
 
 SERVED_LABELS = tuple(LABEL_TO_SCHEME)
-KNOWN_UNSERVED_LABELS = ("W4A8_DYNAMIC", "W4A4_DYNAMIC", "W16A16S", "WFP8AFP8_DYNAMIC", "W4A4_MXFP4_SVD", "C8",
-                         "FAQuant", "FAKQuant", "W4A16")
+KNOWN_UNSERVED_LABELS = ("W4A8_DYNAMIC", "W4A4_DYNAMIC", "W16A16S", "WFP8AFP8_DYNAMIC", "C8", "FAQuant", "FAKQuant",
+                         "W4A16")
 
 # safetensors dtype strings
 ST_DTYPES = {
@@ -52,8 +52,11 @@ def model_quant_type(labels) -> str:
     """msModelSlim's summary: the highest-priority label present (``FLOAT`` when none ranks)."""
     best = "FLOAT"
     for lab in labels:
-        if lab in QUANT_TYPE_PRIORITY and QUANT_TYPE_PRIORITY.index(lab) > QUANT_TYPE_PRIORITY.index(best):
-            best = lab
+        # an SVD layer also reports its residual's label: the saver's residual handler runs inside on_svd_wrapper
+        res = getattr(SCHEMES[LABEL_TO_SCHEME[lab]], "residual_cls", None) if lab in LABEL_TO_SCHEME else None
+        for cand in (lab,) if res is None else (lab, res.label):
+            if cand in QUANT_TYPE_PRIORITY and QUANT_TYPE_PRIORITY.index(cand) > QUANT_TYPE_PRIORITY.index(best):
+                best = cand
     return best
 
 

@@ -22,8 +22,8 @@ class NpuSVD(SVDKernel, NpuKernel):
     residual_kind = "npu"
     summary = "residual on the SoC's kernel for the residual scheme + two dense 16-bit matmuls for the low-rank branch"
     branch_how = ("low-rank branch: x.L1^T (16-bit matmul, fp32 accumulation, rounded to the activation dtype), .L2^T "
-                  "with fp32 output, added in fp32 to the residual output (which the quant matmul already rounded to "
-                  "the activation dtype: not bit-exact with the reference, <= 1 extra rounding)")
+                  "with fp32 output, added in fp32 to the residual output (a quant-matmul residual comes back already "
+                  "rounded to the activation dtype: <= 1 extra rounding vs the reference)")
 
     def can_implement(self, scheme, n=None, k=None, act_dtype=None):
         ok, why = NpuKernel.can_implement(self, scheme, n, k, act_dtype)

@@ -380,6 +380,38 @@ def test_calibrate_out_goes_through_the_lock(tmp_path, held_lock):
     assert (work / "marker").read_text() == "live run"  # a live run's work dir is never deleted
 
 
+_KILLED_WRITER = textwrap.dedent("""
+    import sys, time, torch
+    from omni_npu_quant.checkpoint import writer as WR
+
+    def slow_save(path, tensors):
+        path.write_bytes(b"\\0" * 65536)  # a big part of the output is on disk ...
+        print("writing", flush=True)
+        time.sleep(60)  # ... when the run is killed
+
+    WR._save = slow_save
+    WR.write_ascendv1(sys.argv[1], {}, {"w": torch.zeros(4)})
+""")
+
+
+def test_sigkill_during_write_leaves_staging_that_the_next_run_removes(tmp_path, gen):
+    out = tmp_path / "ck"
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "writing"
+        staging = [d for d in tmp_path.iterdir() if d.name.startswith(".ck.tmp-")]
+        assert staging and (tmp_path / ".ck.lock").exists()
+        with pytest.raises(WR.OutputLockedError, match=str(p.pid)):  # still alive: its staging is kept
+            write_ascendv1(out, _layers(gen), {})
+        assert staging[0].exists()
+    finally:
+        p.kill()
+        p.wait()
+    assert staging[0].exists() and not out.exists()  # SIGKILL: nothing cleaned up, nothing committed
+    write_ascendv1(out, _layers(gen), {})
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["ck"] and load_checkpoint(out).layers
+
+
 def test_stale_staging_dirs_are_removed_when_the_lock_is_free(tmp_path, gen):
     for n in (".ck.tmp-4242-dead", ".ck.staging-4242", ".ck.old-4242"):
         (tmp_path / n).mkdir()

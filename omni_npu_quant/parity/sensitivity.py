@@ -12,7 +12,9 @@ quantized pipeline against the float pipeline, same prompt / seed / steps.
    one group per linear.  Each group is written as a pattern of the one selection grammar
    (``integrations.selection``), so it can go straight into ``ignored_layers``.
 2. **Rank**: the baseline run quantizes every planned layer; then each group alone is kept in
-   float and the psnr_db gain over the baseline is that group's contribution to the trajectory error.
+   float; the share of the baseline's final-latent relative L2 error that this removes is the
+   group's contribution to the trajectory error (a continuous measure: uint8 psnr_db saturates near
+   the rounding floor, ~50 dB, and is too coarse to rank by); its psnr_db gain is reported too.
 3. **Greedy**: groups are added in rank order (ties: fewer weights first) until the run reaches
    ``target_psnr + margin_db``; then **prune**: each chosen group, least useful first, is dropped
    again if the target is still met without it.  The result is a small set (not proven minimal:
@@ -127,42 +129,45 @@ def search_ignored(runner: TrajectoryRunner, *, scheme: str, backend: str = "ref
     goal = target_psnr + margin_db
     runs: list[dict] = []
 
-    def measure(extra: list[str], why: str) -> float:
+    def measure(extra: list[str], why: str) -> tuple[float, float]:
         cfg = QuantConfig.from_dict({**base, "ignored_layers": base_ignored + extra})
         res = runner.run_variant(cfg, backend, device)
         c = runner.compare(res, device)
-        p = _psnr(c)
-        runs.append({"why": why, "ignored": list(extra), "psnr_db": p,
+        p, lat = _psnr(c), float(c["final_latent_metrics"]["relative_l2"])
+        runs.append({"why": why, "ignored": list(extra), "psnr_db": p, "latent_relative_l2": lat,
                      "mae": c["output_metrics"]["all_frames_metrics"]["mae"]})
-        say(f"  {why}: psnr_db {p:.2f}")
-        return p
+        say(f"  {why}: psnr_db {p:.2f}, final-latent relative_l2 {lat:.3e}")
+        return p, lat
 
     say(f"sensitivity: {len(grp)} group(s) by {groups}, {cfg0.scheme} on {backend}, target {target_psnr} dB "
         f"(+{margin_db} margin)")
-    baseline = measure([], "all quantized")
+    baseline, base_lat = measure([], "all quantized")
     if baseline >= goal:
         chosen: list[LayerGroup] = []
         final = baseline
     else:
         for g in grp:
-            g.results["psnr_db"] = measure([g.pattern], f"keep {g.pattern} float")
+            g.results["psnr_db"], lat = measure([g.pattern], f"keep {g.pattern} float")
             g.results["gain_db"] = g.results["psnr_db"] - baseline
-        ranked = sorted(grp, key=lambda g: (-g.results["gain_db"], g.weights, g.pattern))
+            g.results["latent_relative_l2"] = lat
+            # the share of the all-quantized latent error this group removes: continuous, unlike uint8 psnr
+            g.results["latent_error_removed"] = (base_lat - lat) / base_lat if base_lat > 0 else 0.0
+        ranked = sorted(grp, key=lambda g: (-g.results["latent_error_removed"], g.weights, g.pattern))
         chosen, final = [], baseline
         for g in ranked:
             chosen.append(g)
             final = g.results["psnr_db"] if len(chosen) == 1 else \
-                measure([c.pattern for c in chosen], f"greedy +{g.pattern}")
+                measure([c.pattern for c in chosen], f"greedy +{g.pattern}")[0]
             if final >= goal:
                 break
         if final < goal:
             raise TrajectoryError(f"sensitivity search: even with every group float psnr_db is {final:.2f} "
                                   f"< {goal:.2f}; the float defaults or the base config limit it")
-        for g in sorted(chosen, key=lambda g: (g.results["gain_db"], -g.weights)):
+        for g in sorted(chosen, key=lambda g: (g.results["latent_error_removed"], -g.weights)):
             if len(chosen) == 1:
                 break
             trial = [c for c in chosen if c is not g]
-            p = measure([c.pattern for c in trial], f"prune -{g.pattern}")
+            p = measure([c.pattern for c in trial], f"prune -{g.pattern}")[0]
             if p >= goal:
                 chosen, final = trial, p
     cfg = QuantConfig.from_dict({**base, "ignored_layers": base_ignored + [g.pattern for g in chosen]})
@@ -171,8 +176,9 @@ def search_ignored(runner: TrajectoryRunner, *, scheme: str, backend: str = "ref
         "scheme": cfg0.scheme, "backend": backend, "device": device, "groups_by": groups,
         "target_psnr_db": target_psnr, "margin_db": margin_db, "baseline_psnr_db": baseline,
         "final_psnr_db": final, "request": runner.request.__dict__.copy(), "transformers": runner.subs,
+        "baseline_latent_relative_l2": base_lat,
         "groups": [{"pattern": g.pattern, "layers": len(g.layers), "weights": g.weights, **g.results} for g in
-                   sorted(grp, key=lambda g: -g.results.get("gain_db", 0.0))],
+                   sorted(grp, key=lambda g: -g.results.get("latent_error_removed", 0.0))],
         "ignored_layers": [g.pattern for g in chosen],
         "kept_float_weight_fraction": kept_w / total_w if total_w else 0.0,
         "quantized_layers": len(planned), "runs": runs,
@@ -206,9 +212,14 @@ def to_markdown(result: dict) -> str:
              f"quantized weights float.", "",
              "Proposed `ignored_layers`: " + (", ".join(f"`{p}`" for p in r["ignored_layers"]) or "none (the "
                                                  "target is met with everything quantized)"), "",
-             "| group (pattern) | layers | weights | psnr_db kept float | gain dB |", "|---|---|---|---|---|"]
+             "| group (pattern) | layers | weights | latent error removed | psnr_db kept float | gain dB |",
+             "|---|---|---|---|---|---|"]
     for g in r["groups"]:
+        if "psnr_db" not in g:
+            lines.append(f"| `{g['pattern']}` | {g['layers']} | {g['weights']} | not measured (target met) | – | – |")
+            continue
         lines.append(f"| `{g['pattern']}` | {g['layers']} | {g['weights']} | "
+                     f"{100 * g.get('latent_error_removed', float('nan')):.1f} % | "
                      f"{g.get('psnr_db', float('nan')):.2f} | {g.get('gain_db', float('nan')):+.2f} |")
     if "holdout" in r:
         h = r["holdout"]

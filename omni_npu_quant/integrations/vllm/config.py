@@ -39,7 +39,65 @@ def online_method_name(scheme: str) -> str:
 
 
 def _is_description(d: dict) -> bool:
+    if "quant_method" in d or "method" in d:  # a config.json quantization_config (e.g. the writer's marker,
+        return False  # which also carries model_quant_type), never an msModelSlim description
     return any(isinstance(k, str) and k.endswith(".weight") for k in d) or "model_quant_type" in d
+
+
+# vLLM-Omni's spellings (vllm-project/vllm-omni ``vllm_omni/quantization/factory.py``: ``method`` is an alias of
+# ``quant_method`` and a dict with ``method`` is passed to the config class's constructor; ``mxfp4_config.py``:
+# ``ignored_layers`` / ``modules_to_not_convert``, ``num_bf16_fallback_layers`` = the leading ``blocks.N`` kept BF16)
+OMNI_METHOD_KEY = "method"
+# vLLM-Omni keys whose meaning our methods do not have: refused with the reason instead of a bare "unknown key"
+OMNI_REFUSED_KEYS = {
+    "is_checkpoint_serialized": "serialized checkpoints are served by the checkpoint method 'omni_npu_quant' "
+                                "(an AscendV1 directory), not by an online omni_npu_<scheme> method",
+    "is_checkpoint_mxfp4_serialized": "serialized checkpoints are served by the checkpoint method 'omni_npu_quant'",
+    "is_checkpoint_int8_serialized": "serialized checkpoints are served by the checkpoint method 'omni_npu_quant'",
+    "activation_scheme": "the activation scheme is part of the scheme (omni_npu_w8a8_dynamic is dynamic; static int8 "
+                         "is a calibrated checkpoint served by 'omni_npu_quant')",
+    "w4a8_fallback_steps": "per-denoise-step W4A8 fallback is a vLLM-Omni runtime policy our methods do not have",
+    "w4a8_fallback_layers": "per-layer W4A8 fallback: quantize those layers with w4a8_mxfp offline instead",
+    "mxfp4_scale_alg": "the MX activation scale rule is a scheme option: scheme_options {'scale_alg': ...} where the "
+                       "scheme has it",
+    "require_smooth_scale": "mul_scale comes from the checkpoint (omni-npu-quant calibrate), it is not switched here",
+    "int8_layers": "per-layer schemes are written into the checkpoint (quantize --layer-scheme), not chosen here",
+    "weight_block_size": "block sizes are fixed by each scheme",
+}
+
+
+def _method_of(config: dict, name: str) -> str | None:
+    """The method a quantization_config names (``quant_method`` or vLLM-Omni's ``method``), checked against ours."""
+    qm, m = config.get("quant_method"), config.get(OMNI_METHOD_KEY)
+    if qm is not None and m is not None and qm != m:
+        raise ValueError(f"{name}: quantization_config has quant_method={qm!r} and method={m!r}; they are aliases "
+                         f"and must agree")
+    v = qm if qm is not None else m
+    if v not in (None, name):
+        raise ValueError(f"{name}: quantization_config has method={v!r}")
+    return v
+
+
+def _refuse_keys(keys, name: str, known) -> None:
+    refused = {k: OMNI_REFUSED_KEYS[k] for k in keys if k in OMNI_REFUSED_KEYS}
+    if refused:
+        raise ValueError(f"{name}: quantization_config key(s) not supported here: " +
+                         "; ".join(f"{k}: {why}" for k, why in refused.items()))
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        raise ValueError(f"{name}: unknown quantization_config key(s) {unknown}; known: {sorted(known)}")
+
+
+def omni_layer_pattern(text: str, *, what: str):
+    """A pattern of our selection grammar, plus vLLM-Omni's bare module names: an entry without a dot, glob or
+    ``re:`` (``img_mlp``, ``feed_forward``, ``to_out``) selects every layer that has a module of that name on its
+    path (``transformer_blocks.3.img_mlp.net.2``), as vLLM-Omni's per-model tables use them."""
+    import re
+
+    t = text.strip() if isinstance(text, str) else text
+    if isinstance(t, str) and t and "." not in t and not t.startswith("re:") and not set("*?[") & set(t):
+        return compile_pattern(f"re:(?:.*\\.)?{re.escape(t)}(?:\\..*)?", what=what)
+    return compile_pattern(text, what=what)
 
 
 class _Base(QuantizationConfig):
@@ -77,11 +135,25 @@ class OmniNpuQuantConfig(_Base):
 
     NAME = CHECKPOINT_METHOD
 
+    # keys of the writer's config.json marker, accepted (and unused) when vLLM-Omni passes them to the constructor
+    MARKER_KEYS = ("format", "model_quant_type", "version")
+
     def __init__(self, description: dict | None = None, *, description_file: str = DESCRIPTION_FILE,
-                 backend: str | None = None, scheme_options: dict | None = None):
+                 backend: str | None = None, scheme_options: dict | None = None, ignored_layers=None,
+                 modules_to_not_convert=None, num_bf16_fallback_layers: int = 0, **marker):
         super().__init__(backend=backend, scheme_options=scheme_options)
+        _refuse_keys(marker, CHECKPOINT_METHOD, ("description", "description_file", "backend", "scheme_options",
+                                                 "ignored_layers", "modules_to_not_convert",
+                                                 "num_bf16_fallback_layers", *self.MARKER_KEYS))
+        if int(num_bf16_fallback_layers or 0):
+            raise ValueError(f"{CHECKPOINT_METHOD}: num_bf16_fallback_layers={num_bf16_fallback_layers}: a quantized "
+                             f"checkpoint already decides which layers are float; quantize with "
+                             f"--num-bf16-fallback-layers {num_bf16_fallback_layers} instead")
         self.description = dict(description) if description is not None else None
         self.description_file = description_file
+        # vLLM-Omni writes the checkpoint's BF16 layers here: they must be float in the description too
+        self.ignored_layers = list(ignored_layers or modules_to_not_convert or [])
+        self._ignored = [omni_layer_pattern(p, what=f"{CHECKPOINT_METHOD} ignored_layers") for p in self.ignored_layers]
 
     def __repr__(self) -> str:
         n = None if self.description is None else len(self.description)
@@ -97,16 +169,17 @@ class OmniNpuQuantConfig(_Base):
             raise TypeError(f"{CHECKPOINT_METHOD}: quantization config must be a dict, got {type(config).__name__}")
         if _is_description(config):
             return cls(description=config)
-        qm = config.get("quant_method")
-        if qm not in (None, CHECKPOINT_METHOD):
-            raise ValueError(f"{CHECKPOINT_METHOD}: quantization_config has quant_method={qm!r}")
-        # config.json marker: the description is read in maybe_update_config from the model directory
-        return cls(None, description_file=config.get("description_file", DESCRIPTION_FILE),
-                   backend=config.get("backend"), scheme_options=config.get("scheme_options"))
+        _method_of(config, CHECKPOINT_METHOD)
+        # config.json marker: the description inline ("description", so vLLM-Omni, which hands only this dict to
+        # the config, has it) or read in maybe_update_config from the model directory
+        rest = {k: v for k, v in config.items() if k not in ("quant_method", OMNI_METHOD_KEY)}
+        rest.setdefault("description_file", DESCRIPTION_FILE)
+        return cls(rest.pop("description", None), **rest)
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-        if isinstance(hf_quant_cfg, dict) and hf_quant_cfg.get("quant_method") == CHECKPOINT_METHOD \
+        if isinstance(hf_quant_cfg, dict) and CHECKPOINT_METHOD in (hf_quant_cfg.get("quant_method"),
+                                                                     hf_quant_cfg.get(OMNI_METHOD_KEY)) \
                 and user_quant in (None, CHECKPOINT_METHOD):
             return CHECKPOINT_METHOD
         return None
@@ -156,6 +229,10 @@ class OmniNpuQuantConfig(_Base):
             raise ValueError(f"{CHECKPOINT_METHOD}: fused layer {prefix} mixes labels {present}; all shards of a "
                              f"fused layer must share one scheme")
         lab = uniq.pop()
+        if lab != FLOAT_LABEL and any(p.matches(s) for p in self._ignored for s in [prefix, *labels]):
+            raise ValueError(f"{CHECKPOINT_METHOD}: ignored_layers {self.ignored_layers} select {prefix}, but the "
+                             f"checkpoint stores it quantized ({lab}); a checkpoint cannot be de-quantized at load "
+                             f"time: quantize again with that layer in ignored_layers")
         return None if lab == FLOAT_LABEL else lab
 
     def get_quant_method(self, layer, prefix: str):
@@ -182,14 +259,26 @@ class OmniNpuOnlineConfig(_Base):
     """
 
     SCHEME = ""
+    KNOWN_KEYS = ("ignored_layers", "modules_to_not_convert", "keep_first_blocks", "num_bf16_fallback_layers",
+                  "backend", "scheme_options")
 
     def __init__(self, *, ignored_layers=None, keep_first_blocks: int = 0, backend: str | None = None,
-                 scheme_options: dict | None = None):
+                 scheme_options: dict | None = None, num_bf16_fallback_layers: int | None = None,
+                 modules_to_not_convert=None, **extra):
         super().__init__(backend=backend)
+        _refuse_keys(extra, self.NAME, self.KNOWN_KEYS)  # vLLM-Omni calls the constructor with the user's dict
         self.options = dict(scheme_options or {})
-        self.ignored_layers = list(ignored_layers or [])
-        self._patterns = [compile_pattern(p, what=f"{self.NAME} ignored_layers") for p in self.ignored_layers]
+        self.ignored_layers = list(ignored_layers or modules_to_not_convert or [])
+        self._patterns = [omni_layer_pattern(p, what=f"{self.NAME} ignored_layers") for p in self.ignored_layers]
         self.keep_first_blocks = int(keep_first_blocks or 0)
+        if num_bf16_fallback_layers is not None:  # vLLM-Omni's name for the same thing: the leading N blocks
+            n = int(num_bf16_fallback_layers)
+            if n < 0:
+                raise ValueError(f"{self.NAME}: num_bf16_fallback_layers must be >= 0, got {n}")
+            if self.keep_first_blocks and self.keep_first_blocks != n:
+                raise ValueError(f"{self.NAME}: keep_first_blocks={self.keep_first_blocks} and "
+                                 f"num_bf16_fallback_layers={n} disagree (they mean the same thing)")
+            self.keep_first_blocks = n
         get_scheme(self.SCHEME, **self.options)  # fail early on bad options
 
     def __repr__(self) -> str:
@@ -202,18 +291,16 @@ class OmniNpuOnlineConfig(_Base):
     @classmethod
     def from_config(cls, config: dict[str, Any]):
         config = dict(config or {})
-        qm = config.pop("quant_method", None)
-        if qm not in (None, cls.NAME):
-            raise ValueError(f"{cls.NAME}: quantization_config has quant_method={qm!r}")
-        known = {"ignored_layers", "keep_first_blocks", "backend", "scheme_options"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"{cls.NAME}: unknown quantization_config key(s) {unknown}; known: {sorted(known)}")
+        _method_of(config, cls.NAME)
+        config.pop("quant_method", None)
+        config.pop(OMNI_METHOD_KEY, None)
+        _refuse_keys(config, cls.NAME, cls.KNOWN_KEYS)
         return cls(**config)
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
-        if isinstance(hf_quant_cfg, dict) and hf_quant_cfg.get("quant_method") == cls.NAME \
+        if isinstance(hf_quant_cfg, dict) and cls.NAME in (hf_quant_cfg.get("quant_method"),
+                                                           hf_quant_cfg.get(OMNI_METHOD_KEY)) \
                 and user_quant in (None, cls.NAME):
             return cls.NAME
         return None
@@ -221,7 +308,7 @@ class OmniNpuOnlineConfig(_Base):
     def apply_vllm_mapper(self, hf_to_vllm_mapper):
         if self.ignored_layers:
             self.ignored_layers = hf_to_vllm_mapper.apply_list(self.ignored_layers)
-            self._patterns = [compile_pattern(p, what=f"{self.NAME} ignored_layers") for p in self.ignored_layers]
+            self._patterns = [omni_layer_pattern(p, what=f"{self.NAME} ignored_layers") for p in self.ignored_layers]
 
     def is_ignored(self, prefix: str) -> bool:
         shards = self._fused_shards(prefix)

@@ -23,7 +23,8 @@ from . import ops as _ops
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
 W4A16_TABLE = {
-    16: [(16, 32, 128, 1, 4, 4), (16, 64, 128, 1, 4, 4), (16, 64, 64, 1, 4, 3), (16, 128, 128, 1, 4, 3)],
+    16: [(16, 32, 128, 1, 4, 4), (16, 64, 128, 1, 4, 4), (16, 64, 64, 1, 4, 3), (16, 128, 128, 1, 4, 3),
+         (16, 32, 256, 1, 4, 3), (16, 64, 256, 1, 4, 3)],
     64: [(32, 64, 128, 8, 4, 4), (64, 64, 64, 8, 4, 3), (64, 128, 64, 8, 4, 3)],
     256: [(64, 128, 64, 8, 4, 3), (128, 64, 64, 8, 4, 3), (128, 128, 64, 8, 8, 3)],
     1024: [(128, 128, 64, 8, 8, 3), (128, 256, 64, 8, 8, 3), (128, 128, 32, 8, 4, 4)],
@@ -46,17 +47,19 @@ def w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, stri
     offs_m = pm * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pn * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
+    offs_kw = tl.arange(0, BLOCK_K // 8)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    shifts = ((offs_k % 8) * 4)[:, None]
+    shifts = (tl.arange(0, 8) * 4)[None, :, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         k_ok = kk < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        words = tl.load(qw_ptr + (kk // 8)[:, None] * stride_qk + offs_n[None, :],
-                        mask=k_ok[:, None] & n_ok[None, :], other=0)
-        u = ((words >> shifts) & 0xF).to(tl.float32)  # (BLOCK_K, BLOCK_N)
+        kw = k0 // 8 + offs_kw  # each packed word is loaded once and unpacked in registers
+        words = tl.load(qw_ptr + kw[:, None] * stride_qk + offs_n[None, :],
+                        mask=(kw < K // 8)[:, None] & n_ok[None, :], other=0)
+        u = tl.reshape((words[:, None, :] >> shifts) & 0xF, (BLOCK_K, BLOCK_N)).to(tl.float32)  # row 8r + j
         g = k0 // GROUP_K  # BLOCK_K divides GROUP_K: one scale row per K block
         s = tl.load(s_ptr + g * stride_sg + offs_n, mask=n_ok, other=0.0)
         if HAS_ZP:

@@ -282,9 +282,18 @@ def capture_pipeline(pipeline_dir, prompts: list[str], *, steps: int, height: in
     return paths, cap.summary()
 
 
-def calibrate_pipeline(opts, *, pipeline: str, prompts: list[str], steps: int, height: int, width: int,
-                       num_frames: int | None = None, guidance_scale: float | None = None,
-                       negative_prompt: str | None = None, max_sequence_length: int | None = None) -> dict:
+def calibrate_pipeline(opts, **kwargs) -> dict:
+    """``_calibrate_pipeline`` under the output's lock (``checkpoint.writer.output_lock``): a concurrent run on
+    the same ``--out`` fails naming this one's pid instead of deleting its capture or output directory."""
+    from ..checkpoint.writer import output_lock
+
+    with output_lock(opts.out):
+        return _calibrate_pipeline(opts, **kwargs)
+
+
+def _calibrate_pipeline(opts, *, pipeline: str, prompts: list[str], steps: int, height: int, width: int,
+                        num_frames: int | None = None, guidance_scale: float | None = None,
+                        negative_prompt: str | None = None, max_sequence_length: int | None = None) -> dict:
     """Capture a denoise loop of ``pipeline`` and calibrate every transformer into ``opts.out/<subfolder>/``.
 
     ``opts`` is a ``CalibOptions`` template (its ``model`` / ``calib`` / ``out`` are set per transformer);

@@ -380,6 +380,21 @@ def test_calibrate_out_goes_through_the_lock(tmp_path, held_lock):
     assert (work / "marker").read_text() == "live run"  # a live run's work dir is never deleted
 
 
+def test_calibrate_pipeline_out_goes_through_the_lock(tmp_path, held_lock):
+    from omni_npu_quant.calibration import CalibOptions
+    from omni_npu_quant.calibration.capture import calibrate_pipeline
+
+    out = tmp_path / "pipe-out"
+    capture = tmp_path / "pipe-out.capture"
+    capture.mkdir()
+    (capture / "marker").write_text("live run")
+    other = held_lock(out)
+    with pytest.raises(WR.OutputLockedError, match=str(other.pid)):
+        calibrate_pipeline(CalibOptions(out=str(out), progress=False), pipeline=str(tmp_path / "no-pipeline"),
+                           prompts=["a cat"], steps=1, height=16, width=16)
+    assert (capture / "marker").read_text() == "live run"  # the live run's capture directory is kept
+
+
 _KILLED_WRITER = textwrap.dedent("""
     import sys, time, torch
     from omni_npu_quant.checkpoint import writer as WR

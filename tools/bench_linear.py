@@ -86,7 +86,7 @@ def run(shapes, ms_big, ms_small, out_path, rep_ms=30, gemlite_ok=True, layers_b
     import triton
 
     meta = {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
-            "triton": triton.__version__, "cuda": torch.version.cuda, "date": datetime.datetime.utcnow().isoformat(),
+            "triton": triton.__version__, "cuda": torch.version.cuda, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "timer": "triton.testing.do_bench median, us per layer call over a stack of distinct layers",
             "autotune": os.environ.get("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")}
     gl = None
@@ -174,6 +174,44 @@ def run(shapes, ms_big, ms_small, out_path, rep_ms=30, gemlite_ok=True, layers_b
     return res
 
 
+def profile_host(path, n=4096, k=4096, calls=300):
+    """cProfile of eager M=1 calls (where the host time per call goes), one block per case."""
+    import cProfile
+    import io
+    import pstats
+    import time
+
+    from omni_npu_quant.backends import CudaBackend
+    from omni_npu_quant.schemes.registry import get_scheme
+
+    dev = torch.device("cuda")
+    w = torch.randn(n, k, device=dev) * 0.02
+    x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
+    out = io.StringIO()
+    for name, kern in (("w8a8_dynamic", None), ("mxfp4", None), ("mxfp8", "cuda.mx"), ("mxfp4_dual", None)):
+        be = CudaBackend(kernel=kern)
+        p = be.prepare(get_scheme(name), get_scheme(name).quantize_weight(w, None), torch.bfloat16)
+        for _ in range(20):
+            be.apply(p, x)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            be.apply(p, x)
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        pr = cProfile.Profile()
+        pr.enable()
+        for _ in range(calls):
+            be.apply(p, x)
+        pr.disable()
+        torch.cuda.synchronize()
+        out.write(f"== {name} [{p.kernel_name}] host time per call (no profiler): {(t1 - t0) / calls * 1e6:.1f} us\n")
+        pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(14)
+    with open(path, "w") as f:
+        f.write(out.getvalue())
+    return out.getvalue()
+
+
 def _dump(path, res):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -200,10 +238,14 @@ def main(argv=None):
     ap.add_argument("--rep-ms", type=int, default=30)
     ap.add_argument("--no-gemlite", action="store_true")
     ap.add_argument("--out", default="", help="JSON output path")
+    ap.add_argument("--profile-host", default="", help="write a cProfile of eager M=1 calls here and exit")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_linear: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
+    if a.profile_host:
+        profile_host(a.profile_host)
+        return 0
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")]
     res = run(shapes, [int(s) for s in a.ms.split(",")], [int(s) for s in a.ms_small.split(",")], a.out, a.rep_ms,
               not a.no_gemlite)

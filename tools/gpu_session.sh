@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session for the CUDA kernels: GPU tests, then the linear benchmark (JSON + log under $OUT).
 # Runs from the repository root with no install:
-#   OUT=/some/dir bash tools/gpu_session.sh [tests|bench ...]   (default: both)
+#   OUT=/some/dir bash tools/gpu_session.sh [tests|profile|bench ...]   (default: tests bench)
+# tests run with pytest-xdist (TEST_WORKERS=8: Triton compilation is CPU-bound and dominates their time).
 # gemlite (the peer library) is used when its source distribution sits in .whl/ (carried along).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,11 @@ fi
 for step in $STEPS; do
   case $step in
     tests)
-      timeout "$T_TESTS" $PY -m pytest tests/backends/cuda -m gpu -q -p no:cacheprovider -rf $TEST_ARGS > "$OUT/gpu_tests.log" 2>&1
+      timeout "$T_TESTS" $PY -m pytest tests/backends/cuda -m gpu -q -p no:cacheprovider -rf -n "${TEST_WORKERS:-8}" $TEST_ARGS > "$OUT/gpu_tests.log" 2>&1
       echo "tests rc=$?"; tail -n 25 "$OUT/gpu_tests.log" ;;
+    profile)
+      timeout 120 $PY tools/bench_linear.py --profile-host "$OUT/host_profile.txt" > /dev/null 2>&1
+      echo "profile rc=$?"; grep "^==" "$OUT/host_profile.txt" ;;
     bench)
       timeout "$T_BENCH" $PY tools/bench_linear.py --out "$OUT/bench.json" $BENCH_ARGS > "$OUT/bench.log" 2>&1
       echo "bench rc=$?"; grep -v "^done" "$OUT/bench.log" | grep -iv warn | tail -n 5 ;;

@@ -9,8 +9,10 @@ weight rows are exact is counted at prepare (a note names the count).  The activ
 one fused kernel (``jit/fp8tc.py``) that writes the MX bytes and codes ``quantize_activation``
 reports (identical to the reference) and the row-rescaled E4M3 bytes the GEMM reads.
 
-Below ``fp8tc_min_m`` rows (default 1: every M) the call goes to the exact ``cuda.mx`` path
-(decode kernel / ``tl.dot_scaled``).  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
+Prepare-time choices: below ``fp8tc_min_m`` rows (default 17 for E4M3 weights, 1 for FP4 weights)
+the call goes to the exact ``cuda.mx`` path (decode kernel); for bf16 activations and N % 16 == 0,
+M > 16 runs the GEMM through ``torch._scaled_mm`` (rowwise scales, cuBLAS / CUTLASS, bias rounded to
+bf16 in its epilogue), otherwise the Triton FP8 GEMM (``fp8tc_gemm="triton"`` forces it).  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
 beside the stored MX weight.  Off: backend option ``mx_fp8tc="off"`` or ``OMNI_NPU_QUANT_CUDA_MX_FP8TC=0``.
 """
 from __future__ import annotations
@@ -33,7 +35,14 @@ class CudaMXFp8Prepared(CudaMXPrepared):
     wr: torch.Tensor | None = None  # row-rescaled E4M3 weight bytes (N, Kp) uint8
     sw: torch.Tensor | None = None  # fp32 (N,) row scales 2**S_n (NaN for a row with a NaN block scale)
     exact_rows: int = 0  # weight rows whose rescale is exact
-    min_m: int = 1
+    min_m: int = 1  # below: the exact cuda.mx path
+    scaled_mm: bool = False  # M > DECODE_M: torch._scaled_mm (cuBLAS / CUTLASS rowwise) instead of the Triton GEMM
+    sw_row: torch.Tensor | None = None  # sw as (1, N) for torch._scaled_mm
+    bias_bf16: torch.Tensor | None = None  # torch._scaled_mm takes a bf16 bias
+
+
+DECODE_M = 16  # at M <= 16 the Triton FP8 GEMM beat torch._scaled_mm on the H200 (2026-12-01 bench)
+_SCALED_MM_OK: dict = {}
 
 
 @register_kernel(15)
@@ -54,7 +63,8 @@ class CudaMXFp8TC(CudaMX):
         super().__init__(target)
         self.enabled = str(target.options.get("mx_fp8tc") or os.environ.get(FP8TC_ENV, "on")).lower() \
             not in ("off", "0", "false", "no")
-        self.min_m = int(target.options.get("fp8tc_min_m", 1))
+        self.min_m = target.options.get("fp8tc_min_m")
+        self.use_scaled_mm = str(target.options.get("fp8tc_gemm", "auto")) != "triton"
 
     def mode(self, scheme):
         return NATIVE, self.summary
@@ -80,11 +90,34 @@ class CudaMXFp8TC(CudaMX):
         p.kernel = self
         p.wr, p.sw = wr.contiguous(), sw.contiguous()
         p.exact_rows = int(exact.sum())
-        p.min_m = self.min_m
+        # E4M3 weights at M <= 16: cuda.mx's decode kernel streams the same bytes with exact products and
+        # was faster (2026-12-01 bench); FP4 weights: this path at every M
+        p.min_m = int(self.min_m) if self.min_m is not None else (DECODE_M + 1 if scheme.weight_fmt.bits == 8 else 1)
+        p.scaled_mm = self.use_scaled_mm and act_dtype == torch.bfloat16 and self._scaled_mm_ok(p)
+        if p.scaled_mm:
+            p.sw_row = p.sw.reshape(1, n).contiguous()
+            p.bias_bf16 = None if p.bias is None else p.bias.to(torch.bfloat16)
+            p.notes.append(f"{self.name}: M > {DECODE_M} runs torch._scaled_mm (rowwise, bf16 out); its bias is "
+                           f"added as bf16 in the fp32 epilogue (bias rounded once to bf16)")
         if p.exact_rows < n:
             p.notes.append(f"{self.name}: {n - p.exact_rows} of {n} weight rows are not exact on the rowwise E4M3 "
                            f"grid (error below 2**-9 of the row's largest block scale; E2 contract)")
         return p
+
+    def _scaled_mm_ok(self, p) -> bool:
+        """torch._scaled_mm rowwise on this (N, Kp)?  Probed once per shape at prepare time."""
+        key = (p.n, p.kp, self.dev)
+        if key not in _SCALED_MM_OK:
+            ok = self.torch_device.type == "cuda" and p.n % 16 == 0 and p.kp % 16 == 0
+            if ok:
+                try:
+                    a = torch.zeros((32, p.kp), dtype=torch.float8_e4m3fn, device=self.dev)
+                    torch._scaled_mm(a, p.wr.view(torch.float8_e4m3fn).t(), scale_a=torch.ones(32, 1, device=self.dev),
+                                     scale_b=p.sw.reshape(1, -1).nan_to_num(1.0), out_dtype=torch.bfloat16)
+                except Exception:  # noqa: BLE001 - unsupported here: the Triton GEMM runs
+                    ok = False
+            _SCALED_MM_OK[key] = ok
+        return _SCALED_MM_OK[key]
 
     def quantize_activation(self, p, x2):
         if x2.shape[0] < p.min_m:
@@ -104,5 +137,9 @@ class CudaMXFp8TC(CudaMX):
         s = p.scheme
         _, _, xr, sx = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
                                               write_mx=False, launch_opts=ops._launch_opts())
+        if p.scaled_mm and x2.shape[0] > DECODE_M:
+            return torch._scaled_mm(xr.view(torch.float8_e4m3fn), p.wr.view(torch.float8_e4m3fn).t(),
+                                    scale_a=sx.view(-1, 1), scale_b=p.sw_row,
+                                    bias=p.bias_bf16 if add_bias else None, out_dtype=torch.bfloat16)
         return fp8tc.fp8_rowwise_gemm(xr, sx, p.wr, p.sw, p.n, p.kp, p.act_dtype, bias=p.bias if add_bias else None,
                                       pick=ops._pick, m_bucket=ops.m_bucket, launch_opts=ops._launch_opts())

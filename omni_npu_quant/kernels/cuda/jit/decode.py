@@ -37,6 +37,7 @@ import triton.language as tl
 from .mx_codec import PAD_CODE, e2m1_value, e4m3_value, e8m0_scale, unpack_e2m1
 
 MAX_M = 16
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed at import (interpret.enable() runs before)
 
 
 # Auto policy (measured on an H200, 2026-11-21, docs/performance.md): the decode kernel beat the
@@ -193,7 +194,7 @@ def mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: boo
     if m == 0:
         return out
     dual = l0x is not None
-    hw8 = os.environ.get("TRITON_INTERPRET") != "1"  # E4M3 bytes as float8e4nv for the hardware conversion
+    hw8 = not _INTERPRETED  # E4M3 bytes as float8e4nv for the hardware conversion
     a_u8 = a_q.view(torch.uint8) if a_fp4 or not hw8 else a_q.view(torch.float8_e4m3fn)
     w_u8 = w_q.view(torch.uint8) if w_fp4 or not hw8 else w_q.view(torch.float8_e4m3fn)
     opts = launch_opts or {}
@@ -202,7 +203,7 @@ def mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: boo
 
     def run(cfg):
         bn, bk, nw, ns, var = cfg
-        n_tiles = triton.cdiv(n, bn)
+        n_tiles = -(-n // bn)
         ks, split = _split(n_tiles, kp, 512 if dual else bk)
         part = torch.empty((split, m, n), dtype=torch.float32, device=a_q.device)
         mx_decode_splitk_kernel[(n_tiles, split)](
@@ -213,7 +214,7 @@ def mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: boo
             BLOCK_N=bn, BLOCK_K=bk, VARIANT=var, num_warps=nw, num_stages=ns, **opts)
         mn = m * n
         blk = 1024
-        splitk_reduce_kernel[(triton.cdiv(mn, blk),)](part, bias if bias is not None else part, out, mn, n, split,
+        splitk_reduce_kernel[(-(-mn // blk),)](part, bias if bias is not None else part, out, mn, n, split,
                                                       HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4, **opts)
 
     key = ("mx_decode", a_fp4, w_fp4, dual, min(m, GEMV_MAX_M + 1), n, kp)

@@ -13,7 +13,8 @@ lost bits are below 2**-9 of the row's largest block scale (about 2**-17 of the 
 |value|).  Together with the tensor cores' reduced-precision accumulation inside ``PROMOTE`` this
 path is E2: within rtol 1e-3 of the reference (as op-plugin's MX matmul tests), not bit-identical.
 
-``mx_quant_rowwise_kernel`` is one program per row, two passes over K: pass 1 finds the row exponent,
+``mx_quant_rowwise_kernel`` is one program per row, two passes over K: pass 1 finds the row exponent
+(the largest block exponent among blocks whose input |max| is not 0, minus the headroom),
 pass 2 writes the row-rescaled E4M3 bytes and (``WRITE_MX``) the MX bytes and E8M0 codes, computed by
 the same jit helpers as ``triton_kernels.mx_quant_kernel`` (identical bytes).
 """
@@ -57,9 +58,7 @@ def mx_quant_rowwise_kernel(x_ptr, sm_ptr, q_ptr, sc_ptr, xr_ptr, sx_ptr, K, KP,
         x = _row_pass_values(x_ptr, sm_ptr, row, k0 + base, K, stride_xm, HAS_SMOOTH)
         amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
         e, nan_scale, code = _mx_block_exponent(amax_bits, EMAX, MAXV, SCALE_ALG, IS_FP8, 0x400000)
-        q = _mx_elements(x, e[:, None], nan_scale[:, None], EMIN, MBITS, MAXV, ROUND)
-        nz = tl.max((q != 0.0).to(tl.int32), axis=1)
-        emax_row = tl.maximum(emax_row, tl.where(nz != 0, tl.minimum(e, 127), -100000))
+        emax_row = tl.maximum(emax_row, tl.where(amax_bits != 0, tl.minimum(e, 127), -100000))
         nan_row = nan_row | nan_scale.to(tl.int32)
     em = tl.max(emax_row, axis=0)
     s_row = tl.where(em > -100000, em - HEADROOM, 0)
@@ -139,7 +138,8 @@ def mx_quant_rowwise(x2: torch.Tensor, smooth, fmt: ElemFormat, round_mode: str,
             x2.stride(0), q.stride(0) if write_mx else 0, sc.stride(0) if write_mx else 0, xr.stride(0),
             HAS_SMOOTH=smooth is not None, IS_FP8=fmt.bits == 8, EMAX=fmt.emax, EMIN=fmt.emin, MBITS=fmt.mbits,
             MAXV=float(fmt.max_value), ROUND=_ROUND[round_mode], SCALE_ALG=scale_alg,
-            HEADROOM=6 if fmt is E2M1 else 0, WRITE_MX=write_mx, NB=8, num_warps=4, **(launch_opts or {}))
+            HEADROOM=6 if fmt is E2M1 else 0, WRITE_MX=write_mx, NB=32 if kp % 1024 == 0 else 8, num_warps=4,
+            **(launch_opts or {}))
     return q, sc, xr, sx
 
 
@@ -170,7 +170,7 @@ def fp8_rowwise_gemm(xr, sx, wr, sw, n, kp, out_dtype, *, bias=None, pick=None, 
 
     def run(cfg):
         bm, bn, bk, gm, nw, ns, pr = cfg
-        fp8_rowwise_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        fp8_rowwise_gemm_kernel[(-(-m // bm) * -(-n // bn),)](
             a, w, sx, sw, bias if bias is not None else sx, out, m, n, kp, a.stride(0), w.stride(0), out.stride(0),
             HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, PROMOTE=min(pr, bk),
             num_warps=nw, num_stages=ns, **opts)

@@ -22,9 +22,20 @@ _TUNED: dict = {}
 CHOSEN: dict = {}  # key -> config, for the benchmark report
 
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed at import (interpret.enable() runs before)
+_OPTS = {} if INTERPRETED else dict(_LAUNCH)  # the interpreter ignores compile options; keep them out there
+
+
 def _launch_opts():
-    # the interpreter ignores compile options; keep them out there
-    return {} if os.environ.get("TRITON_INTERPRET") == "1" else dict(_LAUNCH)
+    return _OPTS
+
+
+def cdiv(a: int, b: int) -> int:  # plain ints: triton.cdiv is a constexpr function, slow to call from the host
+    return -(-a // b)
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
 
 
 def m_bucket(m: int) -> int:
@@ -47,7 +58,7 @@ def int8_dynamic_quant(x2: torch.Tensor, smooth: torch.Tensor | None):
     q = torch.empty((m, k), dtype=torch.int8, device=x2.device)
     s = torch.empty((m,), dtype=torch.float32, device=x2.device)
     if m:
-        block = min(4096, triton.next_power_of_2(k))
+        block = min(4096, next_pow2(k))
         K.int8_dynamic_quant_kernel[(m,)](x2, smooth if smooth is not None else x2, q, s, k, x2.stride(0), q.stride(0),
                                           HAS_SMOOTH=smooth is not None, BLOCK=block, num_warps=8 if block >= 2048 else 4,
                                           **_launch_opts())
@@ -60,7 +71,7 @@ def int8_static_quant(x2: torch.Tensor, smooth, scale, offset):
     n = m * k
     if n:
         block = 2048
-        K.int8_static_quant_kernel[(triton.cdiv(n, block),)](x2, smooth if smooth is not None else x2, scale, offset, q, n, k,
+        K.int8_static_quant_kernel[(cdiv(n, block),)](x2, smooth if smooth is not None else x2, scale, offset, q, n, k,
                                                              HAS_SMOOTH=smooth is not None, BLOCK=block, num_warps=8,
                                                              **_launch_opts())
     return q
@@ -164,7 +175,7 @@ def _pick(key, candidates, run):
 
 
 def _grid(m, n, cfg):
-    return (triton.cdiv(m, cfg[0]) * triton.cdiv(n, cfg[1]),)
+    return (cdiv(m, cfg[0]) * cdiv(n, cfg[1]),)
 
 
 def int8_gemm(q: torch.Tensor, w: torch.Tensor, out_dtype, *, sx=None, ws=None, bias=None, quant_bias=None,

@@ -109,16 +109,19 @@ def _pow2_wide(e: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(e, dtype=torch.float64), e.to(torch.int64)).to(F32)
 
 
-def rowwise_rescale(values: torch.Tensor, exponents: torch.Tensor, fmt: ElemFormat):
+def rowwise_rescale(values: torch.Tensor, exponents: torch.Tensor, fmt: ElemFormat, nonzero: torch.Tensor | None = None):
     """Exact MX element values (R, Kp) fp32 + block exponents (R, Kp/32) int32 (128 = NaN scale, -127 =
     zero/tiny) -> (E4M3 bytes (R, Kp) uint8, row scale fp32 (R,), exact bool (R,)).
 
     Row exponent S = (largest exponent of a block holding a non-zero value) - headroom (0 if none);
     element -> RNE_E4M3(value * 2**(e_block - S)); row scale 2**S (NaN if any block scale is NaN).
-    ``exact``: every element survived (then row scale * E4M3 value == the MX value bit for bit)."""
+    ``exact``: every element survived (then row scale * E4M3 value == the MX value bit for bit).
+    ``nonzero`` (R, Kp/32): which blocks set the row exponent (default: blocks with a non-zero value;
+    activations pass "blocks whose input |max| is not 0", what the kernel's first pass sees)."""
     r, kp = values.shape
     vb = values.reshape(r, -1, 32)
-    nonzero = (vb != 0).any(-1)
+    if nonzero is None:
+        nonzero = (vb != 0).any(-1)
     nan_row = (exponents >= 128).any(-1)
     e = exponents.clamp(max=127)
     emax = torch.where(nonzero, e, torch.full_like(e, -100000)).amax(-1)
@@ -144,7 +147,9 @@ def twin_mx_quant_rowwise(x2, smooth, fmt: ElemFormat, round_mode, scale_alg, kp
     q = MX.mx_encode(r.values, fmt)
     if q.dtype != torch.uint8:
         q = q.view(torch.uint8)
-    xr, sx, _ = rowwise_rescale(r.values, r.exponents, fmt)
+    kp_pad = r.values.shape[-1]
+    nonzero = (MX.block_view(xs.to(F32), 32)[..., :kp_pad // 32, :] != 0).any(-1)  # NaN counts as non-zero
+    xr, sx, _ = rowwise_rescale(r.values, r.exponents, fmt, nonzero)
     return q, r.codes, xr, sx
 
 

@@ -516,3 +516,27 @@ def test_w8a8_deq_scale_dtype_follows_the_model_dtype(tmp_path, gen):
         got = load_checkpoint(path).layers[P + "o_proj"].tensors["deq_scale"]
         assert got.dtype == want
         assert torch.equal(got if want == torch.float32 else got.to(torch.int32).view(torch.float32), ds)
+
+
+def test_vllm_config_reads_the_description_with_the_reader_contract(tmp_path):
+    from omni_npu_quant.integrations.vllm.config import OmniNpuQuantConfig
+
+    def load(d):
+        OmniNpuQuantConfig.from_config({"quant_method": "omni_npu_quant"}).maybe_update_config(str(d))
+
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / D).write_text('{"metadata": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="deeper than"):
+        load(deep)
+    fifo = tmp_path / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / D)
+    signal.alarm(20)
+    try:
+        with pytest.raises(ValueError, match="not a regular file"):
+            load(fifo)
+    finally:
+        signal.alarm(0)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path)

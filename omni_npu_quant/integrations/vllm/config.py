@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -140,17 +139,26 @@ class OmniNpuQuantConfig(_Base):
 
     def __init__(self, description: dict | None = None, *, description_file: str = DESCRIPTION_FILE,
                  backend: str | None = None, scheme_options: dict | None = None, ignored_layers=None,
-                 modules_to_not_convert=None, num_bf16_fallback_layers: int = 0, **marker):
+                 modules_to_not_convert=None, num_bf16_fallback_layers: int = 0,
+                 is_checkpoint_serialized: bool | None = None, **marker):
         super().__init__(backend=backend, scheme_options=scheme_options)
+        if is_checkpoint_serialized is False:
+            raise ValueError(f"{CHECKPOINT_METHOD}: is_checkpoint_serialized=False: this method serves quantized "
+                             f"checkpoints; quantize a float checkpoint online with omni_npu_<scheme>")
         _refuse_keys(marker, CHECKPOINT_METHOD, ("description", "description_file", "backend", "scheme_options",
                                                  "ignored_layers", "modules_to_not_convert",
-                                                 "num_bf16_fallback_layers", *self.MARKER_KEYS))
+                                                 "num_bf16_fallback_layers", "is_checkpoint_serialized",
+                                                 *self.MARKER_KEYS))
         if int(num_bf16_fallback_layers or 0):
             raise ValueError(f"{CHECKPOINT_METHOD}: num_bf16_fallback_layers={num_bf16_fallback_layers}: a quantized "
                              f"checkpoint already decides which layers are float; quantize with "
                              f"--num-bf16-fallback-layers {num_bf16_fallback_layers} instead")
         self.description = dict(description) if description is not None else None
         self.description_file = description_file
+        # vLLM-Omni rebuilds an active config from a transformer's config.json when the disk says serialized and
+        # the active config does not (factory.py ``_disk_marks_serialized``): a config without its description
+        # (e.g. quantization_config={"method": "omni_npu_quant"}) is thereby replaced by the one on disk
+        self.is_checkpoint_serialized = self.description is not None
         # vLLM-Omni writes the checkpoint's BF16 layers here: they must be float in the description too
         self.ignored_layers = list(ignored_layers or modules_to_not_convert or [])
         self._ignored = [omni_layer_pattern(p, what=f"{CHECKPOINT_METHOD} ignored_layers") for p in self.ignored_layers]
@@ -187,11 +195,19 @@ class OmniNpuQuantConfig(_Base):
     def maybe_update_config(self, model_name: str, hf_config=None, revision=None):
         if self.description is not None:
             return
+        from ...checkpoint.files import load_json, read_regular
+
         path = Path(model_name) / self.description_file
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"{CHECKPOINT_METHOD}: {path} not found; the model directory must hold the "
                                     f"msModelSlim description (only local directories are supported)")
-        self.description = json.loads(path.read_text(encoding="utf-8"))
+        try:  # the checkpoint reader's parsing contract: regular file only, strict and depth-bounded JSON
+            desc = load_json(read_regular(path))
+        except ValueError as e:
+            raise ValueError(f"{CHECKPOINT_METHOD}: cannot read {path}: {e}") from None
+        if not isinstance(desc, dict):
+            raise ValueError(f"{CHECKPOINT_METHOD}: {path} must be a JSON object {{tensor key: label, ...}}")
+        self.description = desc
 
     def apply_vllm_mapper(self, hf_to_vllm_mapper):
         if self.description is not None:

@@ -36,6 +36,7 @@ from .files import HeaderError, read_header, resolve_inside
 from .format import DESC_RE as _DESC_RE
 
 __all__ = ["GPTQ_METHODS", "GptqConfig", "find_gptq_config", "load_gptq_checkpoint", "validate_gptq_checkpoint",
+           "convert_to_ascendv1",
            "unpack_gptq_qweight", "unpack_gptq_qzeros", "pack_gptq_qweight", "pack_gptq_qzeros", "gptq_to_w4a16"]
 
 GPTQ_METHODS = ("gptq", "auto-round", "auto_round", "autoround")
@@ -511,3 +512,17 @@ def validate_gptq_checkpoint(path) -> list:
     except Exception as e:  # noqa: BLE001 - defensive: report, never raise on bad data
         scan.err(str(path), "", f"unexpected failure while validating: {type(e).__name__}: {e}")
     return scan.problems
+
+
+def convert_to_ascendv1(src, out_dir, *, overwrite: bool = False):
+    """Write a GPTQ / AutoRound checkpoint as an AscendV1 directory of canonical W4A16 (and W8A16) layers
+    (bit-preserving, ``checkpoint.writer.write_ascendv1``): the form vLLM's ``omni_npu_quant`` method and
+    vllm-ascend-style tooling read.  ``config.json`` is copied without its ``quantization_config``.
+    Returns the output path."""
+    from .writer import write_ascendv1
+
+    ck = load_gptq_checkpoint(src)
+    cfg_path = Path(ck.path) / "config.json"
+    config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
+    layers = {p: (e.label, e.tensors) for p, e in ck.layers.items()}
+    return write_ascendv1(out_dir, layers, ck.float_tensors, config=config, overwrite=overwrite)

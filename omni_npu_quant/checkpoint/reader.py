@@ -505,12 +505,12 @@ class _Scan:
         w = self.infos[sufs["weight"]] if "weight" in sufs else None
         if w is None or len(w.shape) != 2:
             return 0
-        if get_scheme(scheme_name).weight_bits == 4:  # packed FP4: K = 2 x stored columns (or the mul_scale length)
+        sch = get_scheme(scheme_name)
+        if sch.k_from_weight_cols(1) != 1:  # packed FP4: K = 2 x stored columns (or the mul_scale length)
             ms = sufs.get(MUL_SCALE)
             if ms is not None and len(self.infos[ms].shape) == 1:
                 return int(self.infos[ms].shape[0])
-            return 2 * int(w.shape[1])
-        return int(w.shape[1])
+        return sch.k_from_weight_cols(int(w.shape[1]))
 
     def _file(self, key) -> str:
         info = self.infos.get(key)

@@ -363,7 +363,7 @@ def _group_size(layers) -> int:
         if label in MX_LABELS:
             return 32
         ws = ts.get("weight_scale")
-        if label in ("W8A8_DYNAMIC", "W8A16") and ws is not None and ws.dim() == 2 and ws.shape[1] > 1:
+        if label in ("W8A8_DYNAMIC", "W8A16", "W4A16") and ws is not None and ws.dim() == 2 and ws.shape[1] > 1:
             gs = int(ts["weight"].shape[1]) // int(ws.shape[1])
     return gs
 

@@ -67,6 +67,12 @@ class CudaW4A16(CudaKernel):
     schemes = ("w4a16",)
     summary = "Triton int4-in-register dequant (weights packed 8 per int32 along K) + tl.dot, fp32 accumulation"
 
+    def verified_for(self, device) -> str:
+        if device.family == "sm90":
+            return ("tested on an H200 (SM90): tests/w4a16/test_w4a16_gpu.py -m gpu, outputs vs the twin and the "
+                    "reference, 2026-12-01")
+        return super().verified_for(device)
+
     def can_implement(self, scheme, n=None, k=None, act_dtype=None):
         ok, why = super().can_implement(scheme, n, k, act_dtype)
         if ok and act_dtype is not None and act_dtype not in (torch.bfloat16, torch.float16):

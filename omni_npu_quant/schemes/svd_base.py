@@ -11,7 +11,9 @@ epilogue order).
 
 A per-label scheme is a subclass that names its residual (``residual_cls``) and registers itself; the scheme
 facts (K rule, packing, calibration needs, ...) are copied from the residual class.  Constructor options other
-than ``rank`` are the residual's options (``act_round_mode=...``).
+than ``rank`` are the residual's options (``act_round_mode=...``).  ``rank=None`` (the default): a checkpoint's rank
+is read from its tensors and online quantization uses ``DEFAULT_RANK``; an explicit ``rank`` is also a shape rule
+(layers with min(N, K) < rank are refused with that reason, so ``quantize_`` keeps them float).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ F32 = torch.float32
 L1, L2 = "svd_lowrank_l1", "svd_lowrank_l2"
 LOWRANK = (L1, L2)
 LOWRANK_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+DEFAULT_RANK = 32  # msModelSlim svd_res's default
 _FACTS = ("weight_bits", "needs_calibration", "weight_only", "bias_in_quant_bias", "per_group_scales",
           "row_amax_weight_scale", "k_multiple")
 
@@ -67,9 +70,11 @@ class SVDScheme(Scheme):
                 setattr(cls, fact, getattr(res, fact))
             cls.order = res.order + 1
 
-    def __init__(self, rank: int = 32, **residual_options):
+    def __init__(self, rank: int | None = None, **residual_options):
         if type(self).residual_cls is None:
             raise TypeError(f"{type(self).__name__} names no residual scheme")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0):
+            raise ValueError(f"scheme {self.name}: rank must be a positive integer, got {rank!r}")
         self.rank = rank
         self.residual = type(self).residual_cls(**residual_options)
 
@@ -97,16 +102,20 @@ class SVDScheme(Scheme):
         res = {s: t for s, t in tensors.items() if s not in LOWRANK}
         return res, tensors.get(L1), tensors.get(L2)
 
+    @property
+    def online_rank(self) -> int:
+        return self.rank if self.rank is not None else DEFAULT_RANK
+
     def rank_of(self, tensors: dict[str, torch.Tensor]) -> int:
         l1, l2 = tensors.get(L1), tensors.get(L2)
         if l1 is not None and l1.dim() == 2:
             return int(l1.shape[0])
         if l2 is not None and l2.dim() == 2:
             return int(l2.shape[1])
-        return self.rank
+        return self.online_rank
 
     def tensor_specs(self, n, k, *, has_bias=False, rank: int | None = None):
-        r = self.rank if rank is None else rank
+        r = self.online_rank if rank is None else rank
         return self.residual.tensor_specs(n, k, has_bias=has_bias) + self._lowrank_specs(n, k, r)
 
     @staticmethod
@@ -125,7 +134,10 @@ class SVDScheme(Scheme):
         return self.residual.infer_shape(self.split(tensors)[0])
 
     def shape_problem(self, n, k):
-        return self.residual.shape_problem(n, k)
+        bad = self.residual.shape_problem(n, k)
+        if bad is None and self.rank is not None and min(n, k) < self.rank:
+            return f"{self.name} rank {self.rank} needs min(N, K) >= {self.rank}, got N={n}, K={k}"
+        return bad
 
     def check_values(self, tensors, n, k, loc):
         res, l1, l2 = self.split(tensors)
@@ -139,7 +151,7 @@ class SVDScheme(Scheme):
 
     # ---- quantization ---------------------------------------------------------------------
     def quantize_weight(self, weight, bias=None, **calib):
-        l1, l2 = svd_factors(weight, self.rank)
+        l1, l2 = svd_factors(weight, self.online_rank)
         lowrank_dtype = weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
         l1, l2 = l1.to(lowrank_dtype), l2.to(lowrank_dtype)
         residual = weight.to(F32) - l2.to(F32) @ l1.to(F32)  # what the stored 16-bit factors do not represent

@@ -159,7 +159,7 @@ class SVDQInt4(SVDScheme):
     label = "NUNCHAKU_SVDQ_W4A4_INT4"
     residual_cls = NunchakuInt4
 
-    def __init__(self, rank: int = 32):
+    def __init__(self, rank: int | None = None):
         super().__init__(rank)
 
 
@@ -169,5 +169,5 @@ class SVDQNVFP4(SVDScheme):
     label = "NUNCHAKU_SVDQ_W4A4_NVFP4"
     residual_cls = NunchakuNVFP4
 
-    def __init__(self, rank: int = 32):
+    def __init__(self, rank: int | None = None):
         super().__init__(rank)

@@ -74,6 +74,10 @@ def test_validation_errors_name_the_tensor():
     big["svd_lowrank_l2"] = torch.zeros(64, 65, dtype=torch.bfloat16)
     with pytest.raises(SchemeValidationError, match="rank 65 must be in 1..min"):
         s.validate(big)
+    assert "needs min(N, K) >= 64" in get_scheme("mxfp4_svd", rank=64).shape_problem(32, 128)
+    assert get_scheme("mxfp4_svd").shape_problem(16, 128) is None  # rank from the tensors: no rule before them
+    with pytest.raises(ValueError, match="rank must be a positive integer"):
+        get_scheme("mxfp4_svd", rank=0)
     with pytest.raises(ValueError, match="rank 100 exceeds min"):
         get_scheme("mxfp4_svd", rank=100).quantize_weight(torch.randn(64, 96))
 

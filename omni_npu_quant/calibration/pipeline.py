@@ -362,6 +362,11 @@ def _calibrate_locked(opts: CalibOptions) -> dict:
         model_err = {"identity": model_error(model, eval_calls, ident, act_dtype, refs),
                      "calibrated": model_error(model, eval_calls, layers, act_dtype, refs),
                      "eval_data": eval_src, "calls": len(eval_calls)}
+        model_err["improved"] = model_err["calibrated"] < model_err["identity"]
+        if not model_err["improved"]:
+            print(f"warning: calibration did not improve the model output error ({model_err['identity']:.4g} with "
+                  f"mul_scale = 1 -> {model_err['calibrated']:.4g} calibrated, {eval_src}); the checkpoint is written "
+                  f"as asked -- try other --alphas, more calibration data, or --no-smooth", file=sys.stderr)
         del ident
 
     # 4. report + checkpoint

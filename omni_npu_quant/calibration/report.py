@@ -30,6 +30,9 @@ def render_markdown(rep: dict) -> str:
                   "| mul_scale = 1 | calibrated | reduction | data |", "|---|---|---|---|",
                   f"| {_pct(me['identity'])} | {_pct(me['calibrated'])} | {gain:.1f} % | {me['eval_data']}, "
                   f"{me['calls']} call(s) |", ""]
+        if not me.get("improved", True):
+            lines += ["**Warning: calibration did not improve the model output error.** Try other alphas, more "
+                      "calibration data, or no smoothing.", ""]
     lines += ["## Layers", "", "| layer | N | K | group | choice | error before | error after |",
               "|---|---|---|---|---|---|---|"]
     for r in rep["layers"]:

@@ -110,3 +110,17 @@ def test_report_files(llama_dual):
 
     assert json.loads((cal / "calibration_report.json").read_text()) == json.loads(json.dumps(rep))
     assert not (cal.parent / (cal.name + ".calib-work")).exists()  # work dir removed on success
+
+
+def test_warns_when_calibration_does_not_improve(tmp_path, monkeypatch, capsys):
+    """A calibration whose model output error does not go down says so (stderr and the report)."""
+    from omni_npu_quant.calibration import evaluate
+
+    from .conftest import run_calib
+
+    errs = iter([0.20, 0.25])  # identity, then calibrated: worse
+    monkeypatch.setattr(evaluate, "model_error", lambda *a, **k: next(errs))
+    rep = run_calib(tmp_path / "worse", model="tiny-llama", model_layers=1, scheme="w8a8_dynamic")
+    assert rep["model_error"]["improved"] is False
+    assert "calibration did not improve the model output error" in capsys.readouterr().err
+    assert "did not improve" in (tmp_path / "worse" / "calibration_report.md").read_text()

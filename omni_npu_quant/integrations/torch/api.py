@@ -223,7 +223,39 @@ def quantize_(model: nn.Module, config: QuantConfig | Mapping | str = "mxfp4", *
         _set_module(model, p.name, QuantLinear(scheme, tensors, backend=backend, act_dtype=act_dtype, name=p.name,
                                                k=p.in_features))
     model.omni_npu_quant_config = config.to_dict()
+    record_layers(model)
     return model
+
+
+RECORD_KEY = "omni_npu_quant"  # config entry naming every quantized layer's label (state_dict / save_pretrained)
+
+
+def layer_record(model: nn.Module) -> dict:
+    """``{"format": 1, "layers": {prefix: {"label", "k", "options"}}}`` of the model's ``QuantLinear`` modules."""
+    layers = {}
+    for n, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            opts = {k: v for k, v in m.scheme.describe().items() if k not in ("name", "label")}
+            layers[n] = {"label": m.scheme.label, "k": m.in_features, "options": opts}
+    return {"format": 1, "layers": layers}
+
+
+def record_layers(model: nn.Module) -> None:
+    """Record the layer labels in the model's config (transformers ``PretrainedConfig`` or diffusers
+    ``register_to_config``) so that ``save_pretrained`` writes them into config.json and ``load_quantized``
+    can read the saved state dict back.  Models without a config keep the record on the module."""
+    rec = layer_record(model)
+    model.omni_npu_quant_layers = rec
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return
+    if hasattr(model, "register_to_config"):  # diffusers ModelMixin / ConfigMixin
+        model.register_to_config(**{RECORD_KEY: rec})
+    else:
+        try:
+            setattr(cfg, RECORD_KEY, rec)
+        except (AttributeError, TypeError):
+            pass
 
 
 def quantized_tensor_sets(model: nn.Module) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
@@ -232,15 +264,73 @@ def quantized_tensor_sets(model: nn.Module) -> dict[str, tuple[str, dict[str, to
             for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def _entries(ckpt) -> tuple[dict[str, tuple[str, dict, int | None]], dict[str, torch.Tensor]]:
+def _saved_record(path: Path) -> dict | None:
+    """The layer record of a ``save_pretrained`` directory (config.json's ``omni_npu_quant``), or None."""
+    import json
+
+    cfg = path / "config.json"
+    if not cfg.is_file() or any(path.glob("quant_model_description*.json")):
+        return None
+    try:
+        rec = json.loads(cfg.read_text()).get(RECORD_KEY)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{cfg}: unreadable config ({e})") from None
+    return rec if isinstance(rec, dict) else None
+
+
+def _from_state_dict(sd: dict, record: dict, src: str):
+    """(layers, float tensors) of a state dict whose quantized layers a layer record names."""
+    layers_rec = record.get("layers")
+    if record.get("format") != 1 or not isinstance(layers_rec, dict):
+        raise ValueError(f"{src}: the '{RECORD_KEY}' layer record is malformed (format {record.get('format')!r})")
+    layers, used = _Layers(), set()
+    for prefix, info in layers_rec.items():
+        if not isinstance(info, dict) or "label" not in info:
+            raise ValueError(f"{src}: layer record entry {prefix!r} has no label")
+        head = prefix + "."
+        tensors = {k[len(head):]: v for k, v in sd.items() if k.startswith(head) and "." not in k[len(head):]}
+        if "weight" not in tensors:
+            raise ValueError(f"{src}: recorded quantized layer '{prefix}' ({info['label']}) has no '{head}weight'")
+        used.update(head + s for s in tensors)
+        layers[prefix] = (LABEL_TO_SCHEME.get(info["label"], info["label"]), tensors, info.get("k"))
+        layers.options[prefix] = dict(info.get("options") or {})
+    return layers, {k: v for k, v in sd.items() if k not in used}
+
+
+class _Layers(dict):
+    """{prefix: (scheme_name, tensors, k)} plus the per-layer scheme options of a layer record."""
+
+    def __init__(self):
+        super().__init__()
+        self.options: dict[str, dict] = {}
+
+
+def _entries(ckpt, record: dict | None = None) -> tuple[dict[str, tuple[str, dict, int | None]], dict[str, torch.Tensor]]:
     """Normalize a checkpoint source to ({prefix: (scheme_name, tensors, k)}, float_tensors)."""
     if isinstance(ckpt, (str, Path)):
         from ...checkpoint import load_checkpoint
 
+        rec = _saved_record(Path(ckpt))
+        if rec is not None:  # a save_pretrained directory of a quantized model
+            from safetensors.torch import load_file
+
+            files = sorted(Path(ckpt).glob("*.safetensors"))
+            if not files:
+                raise ValueError(f"{ckpt}: config.json records quantized layers but there is no *.safetensors file")
+            sd: dict = {}
+            for f in files:
+                sd.update(load_file(str(f)))
+            return _from_state_dict(sd, rec, str(ckpt))
         ckpt = load_checkpoint(ckpt)
     if hasattr(ckpt, "layers") and hasattr(ckpt, "float_tensors"):
         layers = {p: (e.scheme_name, e.tensors, getattr(e, "k", None)) for p, e in ckpt.layers.items()}
         return layers, dict(ckpt.float_tensors)
+    if isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        if record is None:
+            raise ValueError("load_quantized: a plain state dict needs the layer record (the 'omni_npu_quant' entry "
+                             "that quantize_ / load_quantized put in the model's config); pass a checkpoint directory, "
+                             "or a model whose config carries it")
+        return _from_state_dict(dict(ckpt), record, "state dict")
     if isinstance(ckpt, Mapping):
         layers = {}
         for p, v in ckpt.items():
@@ -276,7 +366,8 @@ def load_quantized(model: nn.Module, ckpt_dir, backend=None, *, strict: bool = T
                                      f"no '{sub}' module; pass the pipeline, or the subfolder for one transformer")
                 load_quantized(part, path, backend, strict=strict, scheme_options=scheme_options)
             return model
-    layers, float_tensors = _entries(ckpt_dir)
+    layers, float_tensors = _entries(ckpt_dir, _model_record(model))
+    rec_opts = getattr(layers, "options", {})
     src = str(ckpt_dir) if isinstance(ckpt_dir, (str, Path)) else "checkpoint"
     mods = dict(model.named_modules())
     problems = []
@@ -306,7 +397,9 @@ def load_quantized(model: nn.Module, ckpt_dir, backend=None, *, strict: bool = T
     opts = dict(scheme_options or {})
     for prefix, (scheme_name, tensors, k) in layers.items():
         mod = mods[prefix]
-        scheme = get_scheme(scheme_name, **opts.get(scheme_name, {}))
+        layer_opts = dict(rec_opts.get(prefix, {}))  # options recorded with a saved state dict (e.g. round modes)
+        layer_opts.update(opts.get(scheme_name, {}))
+        scheme = get_scheme(scheme_name, **layer_opts)
         n_expect, k_expect = mod.out_features, mod.in_features
         n, kk = scheme.validate(tensors, k=k, where=f"{src}: {prefix}")
         if (n, kk) != (n_expect, k_expect):
@@ -319,4 +412,13 @@ def load_quantized(model: nn.Module, ckpt_dir, backend=None, *, strict: bool = T
             dev = mod.weight.device
         t = {kk_: v.to(dev) for kk_, v in tensors.items()}
         _set_module(model, prefix, QuantLinear(scheme, t, backend=backend, act_dtype=act_dtype, name=prefix, k=kk))
+    record_layers(model)
     return model
+
+
+def _model_record(model: nn.Module) -> dict | None:
+    rec = getattr(model, "omni_npu_quant_layers", None)
+    if rec is None:
+        cfg = getattr(model, "config", None)
+        rec = cfg.get(RECORD_KEY) if isinstance(cfg, Mapping) else getattr(cfg, RECORD_KEY, None)
+    return rec if isinstance(rec, dict) else None

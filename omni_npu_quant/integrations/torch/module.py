@@ -47,10 +47,10 @@ class QuantLinear(nn.Module):
     ``parameters()`` / ``next(m.parameters())`` (a float tensor whenever the set holds one, e.g. the
     bias or a float scale), ``named_parameters()``, a diffusers model's ``.dtype`` / ``.device``.
     No full-precision copy of the weight is kept here (what the backend prepares is its own
-    business: ``prepared``).  ``state_dict()`` leaves the stored set out -- a model's state dict
-    stays its *float* tensors (norms, embeddings, float linears), and the quantized sets go through
-    ``quantized_tensor_sets`` / the AscendV1 writer, whose layout (``.linear.*``, ``.div.mul_scale``)
-    differs; ``load_state_dict`` with keys of a ``QuantLinear`` is refused (use ``load_quantized``).
+    business: ``prepared``).  ``state_dict()`` holds the stored set under ``<prefix>.<suffix>``;
+    ``load_state_dict`` checks dtypes and shapes, validates and prepares again; ``load_quantized`` reads a
+    ``save_pretrained`` directory back (the per-layer labels are recorded in the model config's
+    ``omni_npu_quant`` entry by ``quantize_`` / ``load_quantized``).
 
     ``tensors`` is a read-only view ``{suffix: tensor}`` of the registered tensors.  Moving the
     module (``.to(device)``) moves the stored tensors and prepares them again; casting it to a
@@ -100,15 +100,42 @@ class QuantLinear(nn.Module):
 
     # -- torch.nn.Module plumbing ---------------------------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        return  # the stored set is not a float state: quantized_tensor_sets / the AscendV1 writer carry it
+        # the stored set under its AscendV1 suffixes (``<prefix>.weight``, ``<prefix>.weight_scale``, ...): a model's
+        # state_dict() / save_pretrained() carries the quantized layers; load_quantized reads them back with the
+        # per-layer labels that quantize_ / load_quantized record in the model's config (``omni_npu_quant``)
+        for s in self._stored:
+            t = self._parameters[s]
+            destination[prefix + s] = t if keep_vars else t.detach()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        mine = [k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix):]]
-        if mine:
-            error_msgs.append(f"{prefix.rstrip('.') or 'QuantLinear'} is a QuantLinear ({self.scheme.name}); "
-                              f"state-dict keys {mine[:3]} cannot be loaded into it: apply a quantized "
-                              f"checkpoint with omni_npu_quant.load_quantized")
+        mine = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        where = prefix.rstrip(".") or "QuantLinear"
+        for s in self._stored:
+            if s not in mine:
+                missing_keys.append(prefix + s)
+        for s in mine:
+            if s not in self._stored:
+                unexpected_keys.append(prefix + s)
+        new = dict(self.tensors)
+        for s, v in mine.items():
+            if s not in new:
+                continue
+            cur = new[s]
+            if v.dtype != cur.dtype or tuple(v.shape) != tuple(cur.shape):
+                error_msgs.append(f"{where}: state-dict tensor '{s}' is {v.dtype} {list(v.shape)}, the {self.scheme.name} "
+                                  f"layer stores {cur.dtype} {list(cur.shape)}")
+                return
+            new[s] = v.detach().to(cur.device)
+        if any(s in mine for s in self._stored):
+            try:
+                self.scheme.validate(new, k=self.in_features, where=where)
+            except ValueError as e:
+                error_msgs.append(str(e))
+                return
+            self._register_stored(new)
+            self.prepared = self.backend.prepare(self.scheme, self.tensors, self.act_dtype, k=self.in_features,
+                                                 where=self.layer_name)
 
     def _apply(self, fn, recurse=True):
         # learn the requested device / dtype from a probe; never cast stored tensors

@@ -9,10 +9,9 @@ Activation quantizers, as ``src/kernels/zgemm/gemm_w4a4.cuh`` of nunchaku-tech/n
   (round to nearest); elements ``x * (1/s)`` (unrounded ``s``) rounded to nearest-even E2M1, saturating at 6.
   An all-zero group has ``s = 0``: its elements are 0 (the kernel's ``0 * inf`` is not modelled).
 
-GEMM (our reference; nunchaku sums the group partials in 16-bit, we do it in fp32): per group the integer / E2M1
-dot product is exact in fp32 (|q| <= 8 x 8, 64 terms; |e2m1| <= 6 x 6, 16 terms), scaled by ``s_act * s_weight``
-in fp32 and summed over groups in fp32; NVFP4 then multiplies by ``alpha`` (per tensor) and ``wcscales`` (per
-output channel) in fp32.
+GEMM (our reference; nunchaku sums the group partials in 16-bit, we accumulate in fp32): the operands scaled by their
+group scales (exact in fp32), one fp32 GEMM over K (``group_matmul``); NVFP4 then multiplies by ``alpha`` (per tensor)
+and ``wcscales`` (per output channel) in fp32.
 """
 from __future__ import annotations
 
@@ -62,19 +61,14 @@ def nvfp4_act_quant(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def group_matmul(a: torch.Tensor, sa: torch.Tensor, w: torch.Tensor, sw: torch.Tensor, group: int) -> torch.Tensor:
-    """fp32 (M, N) = sum_g (sa[:, g] * sw[:, g]) * (a_g . w_g^T); a (M, K), w (N, K) exact element values,
-    sa (M, G), sw (N, G) scales.  Per-group dots are exact in fp32 for the INT4 / E2M1 ranges."""
+    """fp32 (M, N) = (a * sa) . (w * sw)^T with the group scales expanded along K: a (M, K), w (N, K) exact element
+    values, sa (M, G), sw (N, G) scales.  The scaled operands are exact in fp32 (4-bit elements x 16-bit / E4M3
+    scales) and so is each product for bf16 / E4M3 scales (fp16 INT4 scales: products rounded to fp32); the sum over K
+    is one fp32 accumulation."""
     m, k = a.shape
-    n = w.shape[0]
-    g = k // group
-    ag = a.to(F32).reshape(m, g, group).transpose(0, 1)  # (G, M, gs)
-    wg = w.to(F32).reshape(n, g, group).permute(1, 2, 0)  # (G, gs, N)
-    dots = torch.bmm(ag, wg)  # (G, M, N), exact
-    scale = sa.to(F32).t().unsqueeze(-1) * sw.to(F32).t().unsqueeze(1)  # (G, M, N)
-    out = torch.zeros((m, n), dtype=F32, device=a.device)
-    for i in range(g):  # fixed summation order over groups
-        out += dots[i] * scale[i]
-    return out
+    a_s = a.to(F32) * sa.to(F32).repeat_interleave(group, dim=1)[:, :k]
+    w_s = w.to(F32) * sw.to(F32).repeat_interleave(group, dim=1)[:, :k]
+    return a_s @ w_s.t()
 
 
 def int4_weight_quant(w: torch.Tensor, scale_dtype: torch.dtype = torch.bfloat16

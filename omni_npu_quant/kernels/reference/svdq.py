@@ -1,6 +1,6 @@
 """Reference kernel of nunchaku's W4A4 residuals (INT4 g64, NVFP4 g16; docs/svd.md): the activation divided by
-``smooth_factor`` in the activation dtype, quantized per group (``numerics.svdq``), exact per-group dot products
-scaled and summed in fp32 (``numerics.svdq.group_matmul``), NVFP4 ``* alpha * wcscales``, then the bias.  Weights
+``smooth_factor`` in the activation dtype, quantized per group (``numerics.svdq``), operands scaled by their group
+scales (exact) and one fp32 GEMM (``numerics.svdq.group_matmul``), NVFP4 ``* alpha * wcscales``, then the bias.  Weights
 stay in their stored 4-bit form and are decoded in bounded row chunks per call."""
 from __future__ import annotations
 
@@ -53,4 +53,4 @@ class ReferenceSVDQ(SVDQMath, ReferenceKernel):
     name = "reference.svdq"
     schemes = SVDQ_RESIDUALS
     summary = ("exact PyTorch reference of nunchaku's W4A4 residual: x / smooth_factor, per-group INT4 (64) / NVFP4 "
-               "(16) quantizer, exact per-group dots, fp32 scale-and-sum")
+               "(16) quantizer, group-scaled operands (exact), fp32 GEMM")

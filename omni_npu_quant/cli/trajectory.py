@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the stored dtype")
     q = p.add_argument_group("what to compare")
     q.add_argument("--schemes", default=None,
-                   help="comma-separated schemes (default: every scheme; with --search-ignored: mxfp4)")
+                   help="comma-separated schemes, or 'all' for every registered one (default: the main schemes "
+                        "w8a8_dynamic, w8a8_static, mxfp8, mxfp4, mxfp4_dual; with --search-ignored: mxfp4)")
     q.add_argument("--backends", default=DEFAULT_BACKENDS,
                    help=f"comma-separated backends (default {DEFAULT_BACKENDS}; unavailable ones are listed)")
     q.add_argument("--config", metavar="FILE",
@@ -134,10 +135,12 @@ def run(args: argparse.Namespace) -> int:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         if not backends:
             return _err("--backends: give at least one backend")
-        if args.schemes:
+        if args.schemes and args.schemes.strip() == "all":
+            schemes = list(scheme_names())
+        elif args.schemes:
             schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
         else:
-            schemes = ["mxfp4"] if args.search_ignored else list(scheme_names())
+            schemes = ["mxfp4"] if args.search_ignored else list(scheme_names(main=True))
         dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
         say(f"loading {pdir}")
         runner = TrajectoryRunner(pdir, req, dtype=dtype)

@@ -24,6 +24,8 @@ Thresholds (decoded pixels only, as vLLM-Omni applies them): ``smoke`` is vLLM-O
 cosine_similarity / relative_l2 (``metric_guidance()`` there: psnr_db 20 / 25 / 30, mae 12 / 6 / 3,
 cosine 0.98 / 0.995, relative_l2 0.20 / 0.08); ``VLLM_OMNI_GUIDANCE`` keeps all of its tiers.
 
+Each scheme is quantized once per device and its copies are re-pointed at every backend (the stored
+tensors are the same; each backend prepares them again), so ``quantize_time_s`` is per scheme.
 Wall time is the pipeline call only (quantization is timed separately); peak memory is
 ``torch.cuda.max_memory_allocated`` on CUDA, else the peak resident set size of this process during
 the call (sampled every 2 ms; it includes everything the process holds, so compare runs, not totals).
@@ -391,37 +393,58 @@ class TrajectoryRunner:
         return copy.deepcopy(self._float[sub]).to(device)
 
     # -- a quantized variant -------------------------------------------------------------------
-    def run_variant(self, config, backend: str, device="cpu") -> RunResult:
-        """Quantize fresh copies of the transformer(s) with ``config`` on ``backend`` and run the request."""
+    def quantize(self, config, backend: str, device="cpu") -> tuple[dict[str, nn.Module], float]:
+        """Fresh copies of the transformer(s) quantized with ``config`` on ``backend``; (modules, seconds)."""
         from ..integrations.torch import QuantConfig, quantize_
         from ..schemes.registry import get_scheme
 
         if isinstance(config, dict):
             config = QuantConfig.from_dict(config)
         dev = torch.device(device)
-        ref = self.reference(dev)
+        self.reference(dev)
         ranges = self._ranges[str(dev)]
         static = get_scheme(config.scheme).needs_calibration if config.scheme != "float" else False
         t0 = time.perf_counter()
-        quantized = {}
+        out = {}
+        for s in self.subs:
+            m = self._fresh(s, dev)
+            kw = {"act_ranges": ranges.get(s, {})} if static or config.layer_schemes else {}
+            quantize_(m, config, backend=backend, **kw)
+            out[s] = m
+        return out, time.perf_counter() - t0
+
+    @staticmethod
+    def rebind(modules: dict[str, nn.Module], backend: str) -> None:
+        """Point every ``QuantLinear`` of ``modules`` at another backend (same stored tensors, prepared again)."""
+        from ..integrations.torch.module import QuantLinear
+
+        for m in modules.values():
+            for name, q in [(n, x) for n, x in m.named_modules() if isinstance(x, QuantLinear)]:
+                new = QuantLinear(q.scheme, dict(q.tensors), backend=backend, act_dtype=q.act_dtype,
+                                  name=q.layer_name, k=q.in_features)
+                parent, _, child = name.rpartition(".")
+                setattr(m.get_submodule(parent) if parent else m, child, new)
+
+    def run_quantized(self, modules: dict[str, nn.Module], device="cpu", *, label: str = "variant") -> RunResult:
+        """Run the request with ``modules`` in place of the float transformer(s), then put the float ones back."""
+        dev = torch.device(device)
+        ref = self.reference(dev)
         try:
-            for s in self.subs:
-                m = self._fresh(s, dev)
-                kw = {"act_ranges": ranges.get(s, {})} if static or config.layer_schemes else {}
-                quantize_(m, config, backend=backend, **kw)
-                quantized[s] = m
-            tq = time.perf_counter() - t0
-            for s, m in quantized.items():
+            for s, m in modules.items():
                 setattr(self.pipe, s, m)
             res = self._generate(dev)
         finally:
             self._restore()
-            quantized.clear()
-        res.quantize_s = tq
         if res.frames.shape != ref.frames.shape or len(res.step_latents) != len(ref.step_latents):
-            raise TrajectoryError(f"variant {config.scheme}@{backend}: output {res.frames.shape} x "
-                                  f"{len(res.step_latents)} steps differs from the float run's "
-                                  f"{ref.frames.shape} x {len(ref.step_latents)} steps")
+            raise TrajectoryError(f"{label}: output {res.frames.shape} x {len(res.step_latents)} steps differs from "
+                                  f"the float run's {ref.frames.shape} x {len(ref.step_latents)} steps")
+        return res
+
+    def run_variant(self, config, backend: str, device="cpu") -> RunResult:
+        """Quantize fresh copies of the transformer(s) with ``config`` on ``backend`` and run the request."""
+        mods, tq = self.quantize(config, backend, device)
+        res = self.run_quantized(mods, device, label=f"{getattr(config, 'scheme', config)}@{backend}")
+        res.quantize_s = tq
         return res
 
     def compare(self, res: RunResult, device="cpu") -> dict:
@@ -469,36 +492,46 @@ def run_trajectory(pipeline, request: TrajectoryRequest, *, schemes: Iterable[st
     runner = pipeline if isinstance(pipeline, TrajectoryRunner) else TrajectoryRunner(pipeline, request, dtype=dtype)
     say = progress or (lambda m: None)
     refs, rows, images = {}, [], {}
+    avail = []
     for st in statuses:
         if not st.available:
             rows.append({"scheme": None, "backend": st.name, "status": "unavailable", "reason": st.reason})
             continue
+        avail.append(st)
         dev = str(st.device)
         if dev not in refs:
             say(f"float run on {dev}")
-            ref = runner.reference(dev)
-            refs[dev] = ref
+            refs[dev] = runner.reference(dev)
             if keep_images:
-                images[f"float@{dev}"] = ref.frames
-        for scheme in schemes:
+                images[f"float@{dev}"] = refs[dev].frames
+    for scheme in schemes:
+        cfg = QuantConfig.from_dict({**base, "scheme": scheme})
+        cache: dict[str, tuple[dict, float]] = {}  # per device: the quantized copies, re-pointed per backend
+        for st in avail:
+            dev = str(st.device)
             label = f"{scheme}@{st.name}"
             mode, why = _capability(scheme, st.name)
             if mode == "unsupported":
                 rows.append({"scheme": scheme, "backend": st.name, "status": "unsupported", "reason": why})
                 say(f"{label}: unsupported ({why})")
                 continue
-            cfg = QuantConfig.from_dict({**base, "scheme": scheme})
             say(f"{label}: quantize + run")
-            res = runner.run_variant(cfg, st.name, dev)
+            if dev not in cache:
+                cache[dev] = runner.quantize(cfg, st.name, dev)
+            else:
+                runner.rebind(cache[dev][0], st.name)
+            mods, tq = cache[dev]
+            res = runner.run_quantized(mods, dev, label=label)
             cmp_ = runner.compare(res, dev)
             rows.append({"scheme": scheme, "backend": st.name, "status": "ok", "mode": mode, "mode_reason": why,
-                         "device": dev, "generation_time_s": res.wall_s, "quantize_time_s": res.quantize_s,
+                         "device": dev, "generation_time_s": res.wall_s, "quantize_time_s": tq,
                          "peak_memory_mb": res.peak_memory_mb, "memory_kind": res.memory_kind, **cmp_})
             if keep_images:
                 images[label] = res.frames
             px = cmp_["output_metrics"]["all_frames_metrics"]
             say(f"{label}: psnr_db {px['psnr_db']:.2f}, mae {px['mae']:.3f}, "
                 f"strict {'PASS' if cmp_['verdict']['strict']['pass'] else 'FAIL'}")
+        cache.clear()
     first = next(iter(refs.values()), None)
     rep = {
         "pipeline": str(runner.path) if runner.path else type(runner.pipe).__name__,

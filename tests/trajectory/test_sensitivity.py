@@ -81,3 +81,22 @@ def test_search_returns_nothing_when_the_target_is_already_met(planted_flux_dir)
     assert res["ignored_layers"] == [] and len(res["runs"]) == 1 and res["config"]["ignored_layers"] == []
     with pytest.raises(TrajectoryError, match="target-psnr"):
         search_ignored(runner, scheme="mxfp4", target_psnr=float("nan"))
+
+
+def test_quantize_takes_the_proposed_config(flux_dir, tmp_path, capsys):
+    """`quantize --config quant_config.json` (the search's output format) plans what the file says."""
+    cfg = QuantConfig(scheme="w8a8_dynamic", ignored_layers=["transformer_blocks.*.ff.*"]).to_dict()
+    path = tmp_path / "quant_config.json"
+    path.write_text(json.dumps(cfg))
+    rc = main(["quantize", "--model", str(flux_dir / "transformer"), "--config", str(path), "--plan", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    plan = {p["name"]: p for p in json.loads(out[out.index("["):])}
+    assert plan["transformer_blocks.0.ff.net.2"]["scheme"] is None
+    assert plan["transformer_blocks.0.attn.to_q"]["scheme"] == "w8a8_dynamic"
+    rc = main(["quantize", "--model", str(flux_dir / "transformer"), "--config", str(path), "--scheme", "mxfp8",
+               "--plan"])
+    assert rc == 2 and "not also --scheme" in capsys.readouterr().err
+    path.write_text("[1]")
+    assert main(["quantize", "--model", str(flux_dir / "transformer"), "--config", str(path), "--plan"]) == 2
+    assert "QuantConfig JSON object" in capsys.readouterr().err

@@ -130,3 +130,16 @@ def test_mark_for_serving_refuses_a_foreign_quantization_config(served, tmp_path
     with pytest.raises(ModelLoadError, match="quant_method='fp8'"):
         mark_for_serving(d)
     assert layout_main([str(tmp_path / "nothing")]) == 2
+
+
+def test_a_description_less_config_is_replaced_from_disk_as_vllm_omni_does(methods, served):
+    """vLLM-Omni's resolve_quantization_config_from_disk rebuilds when the disk marks the checkpoint serialized
+    and the active config does not: both flags are what our classes report."""
+    qc = json.loads((served / "transformer" / "config.json").read_text())["quantization_config"]
+    cls = methods["omni_npu_quant"]
+    user = cls()  # Omni(..., quantization_config={"method": "omni_npu_quant"})
+    assert qc["is_checkpoint_serialized"] is True and user.is_checkpoint_serialized is False
+    disk = cls(**{k: v for k, v in qc.items() if k != "quant_method"})
+    assert disk.is_checkpoint_serialized is True
+    with pytest.raises(ValueError, match="is_checkpoint_serialized=False"):
+        cls(is_checkpoint_serialized=False)

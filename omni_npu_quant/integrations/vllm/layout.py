@@ -9,12 +9,13 @@ quantization from *that transformer's* ``config.json`` ``quantization_config``
 hands the other keys to the config class's constructor), and vLLM's ``ModelConfig`` detects the
 method from ``quantization_config`` through ``override_quantization_method``.  So each subfolder gets
 
-    "quantization_config": {"quant_method": "omni_npu_quant", "format": "ascendv1",
+    "quantization_config": {"quant_method": "omni_npu_quant", "is_checkpoint_serialized": true, "format": "ascendv1",
                             "description_file": "quant_model_description.json", "model_quant_type": ...,
                             "version": ..., "description": {... the description, inline ...}}
 
 The description is inline (``inline_description=True``, the default) because vLLM-Omni gives the
-config class only this dict, not the directory; vLLM's own path can also read the file
+config class only this dict, not the directory; ``is_checkpoint_serialized`` makes vLLM-Omni replace a
+user's description-less ``{"method": "omni_npu_quant"}`` by this config (its ``_disk_marks_serialized``); vLLM's own path can also read the file
 (``maybe_update_config``).  No vLLM import here: this runs where the checkpoint is written.
 
     python -m omni_npu_quant.integrations.vllm.layout OUT_DIR     # mark every transformer subfolder
@@ -57,7 +58,8 @@ def mark_for_serving(path, *, inline_description: bool = True) -> list[Path]:
         if isinstance(old, dict) and old.get("quant_method") not in (None, SERVING_METHOD):
             raise ModelLoadError(f"{cfg_path}: already has quantization_config with quant_method="
                                  f"{old.get('quant_method')!r}; refusing to overwrite it")
-        qc = {"quant_method": SERVING_METHOD, "format": "ascendv1", "description_file": _DESC,
+        qc = {"quant_method": SERVING_METHOD, "is_checkpoint_serialized": True, "format": "ascendv1",
+              "description_file": _DESC,
               "model_quant_type": desc.get("model_quant_type"), "version": desc.get("version")}
         if inline_description:
             qc["description"] = desc

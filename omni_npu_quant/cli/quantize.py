@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "proj_out, lm_head; docs/diffusion.md)")
     p.add_argument("--scheme-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the default scheme, e.g. act_round_mode=rint (VALUE parsed as JSON if possible)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="a QuantConfig JSON (e.g. quant_config.json of `trajectory --search-ignored`) instead of the "
+                        "recipe flags; --ignored-layers are added to it, --backend overrides it")
     p.add_argument("--backend", default=None, help="backend name (reference, npu, npu-sim:A5, cuda); default: dispatcher")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                    help="model dtype (default: the stored dtype of a model directory; bf16 for the tiny models)")
@@ -107,8 +110,38 @@ def run(args) -> int:
     from ..integrations.torch import QuantConfig
 
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    if args.config:
+        recipe = {"--scheme": args.scheme != "mxfp4", "--layer-scheme": bool(args.layer_scheme),
+                  "--scheme-option": bool(args.scheme_option), "--keep-first-blocks": bool(args.keep_first_blocks),
+                  "--num-bf16-fallback-layers": bool(args.num_bf16_fallback_layers),
+                  "--bf16-fallback-side": args.bf16_fallback_side != "first", "--no-default-float": args.no_default_float}
+        clash = [k for k, v in recipe.items() if v]
+        try:
+            if clash:
+                raise ValueError(f"--config {args.config}: give the recipe in the file, not also {', '.join(clash)}")
+            import json
+            from pathlib import Path
+
+            try:
+                raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
+            except OSError as e:
+                raise ValueError(f"--config {args.config}: cannot read it ({e.strerror})") from None
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--config {args.config}: not valid JSON ({e})") from None
+            if not isinstance(raw, dict):
+                raise ValueError(f"--config {args.config}: must hold a QuantConfig JSON object")
+            raw["ignored_layers"] = list(raw.get("ignored_layers") or []) + list(args.ignored_layers)
+            if args.backend:
+                raw["backend"] = args.backend
+            try:
+                cfg = QuantConfig.from_dict(raw)
+            except TypeError as e:
+                raise ValueError(f"--config {args.config}: {e}") from None
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
-        cfg = QuantConfig(scheme=args.scheme, ignored_layers=list(args.ignored_layers),
+        cfg = cfg if args.config else QuantConfig(scheme=args.scheme, ignored_layers=list(args.ignored_layers),
                           layer_schemes=_parse_kv(args.layer_scheme, "--layer-scheme"), backend=args.backend,
                           scheme_options=_parse_kv(args.scheme_option, "--scheme-option"),
                           keep_first_blocks=args.keep_first_blocks, apply_defaults=not args.no_default_float,

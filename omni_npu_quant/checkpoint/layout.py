@@ -29,7 +29,7 @@ __all__ = [
     "DESCRIPTION_FILE", "GLOBAL_KEYS", "TRAILING_GLOBAL_KEYS", "SHARED_INPUT_GROUPS_KEY", "FA3_SUFFIX", "ONLINE_ROTATION_SUFFIXES",
     "SHARED_INPUT_TENSORS", "PACKED_MODULES", "tensor_key", "mul_scale_key", "linear_base", "bias_label",
     "layer_tensor_keys", "split_tensor_key", "wrapped_prefix_of_mul_scale", "weight_label", "packed_groups",
-    "vllm_weight_renames", "parse_shared_input_groups", "msmodelslim_dtype",
+    "vllm_weight_renames", "parse_shared_input_groups", "msmodelslim_dtype", "scheme_suffixes",
 ]
 
 FLOAT_LABEL = "FLOAT"
@@ -41,10 +41,10 @@ WRAP_DIV = "div"  # p.div.mul_scale: the smoothing multiplier
 # suffixes a quantized Linear may store (AscendV1 / V0); anything else under a quantized label is an error
 LINEAR_SUFFIXES = ("weight", "weight_scale", "weight_offset", "input_scale", "input_offset", "deq_scale", "quant_bias",
                    "weight_dual_scale", "bias", "scale_bias", "weight_scale_second", "weight_offset_second",
-                   "left_trans", "right_trans", "clip_ratio", "scale")
+                   "left_trans", "right_trans", "clip_ratio", "scale", "input_perm")
 # the suffixes that move under p.linear.* in the non-fusion smooth wrapper (what we write and serve)
 WRAPPED_SUFFIXES = ("weight", "weight_scale", "weight_offset", "weight_dual_scale", "bias", "deq_scale", "quant_bias",
-                    "input_scale", "input_offset")
+                    "input_scale", "input_offset", "input_perm")
 
 DESCRIPTION_FILE = "quant_model_description.json"  # the one name vllm-ascend reads (MODELSLIM_CONFIG_FILENAME)
 
@@ -120,9 +120,25 @@ def weight_label(description: Mapping[str, object], prefix: str):
     return lab if lab is not None else description.get(f"{prefix}.{WRAP_LINEAR}.weight")
 
 
+def scheme_suffixes(n: int = 512, k: int = 512) -> set[str]:
+    """Every tensor suffix the registered schemes declare (their TensorSpecs) for an (n, k) layer, but mul_scale.
+    The schemes are the one place for their stored tensors (e.g. W4A16 ``input_perm``, SVD low-rank factors)."""
+    from ..schemes.registry import SCHEMES, get_scheme
+
+    out: set[str] = set()
+    for name in SCHEMES:
+        try:
+            out |= {spec.name for spec in get_scheme(name).tensor_specs(n, k)}
+        except ValueError:  # a scheme that cannot store this (n, k): its names come from the layer's own shape
+            continue
+    out.discard(MUL_SCALE)
+    return out
+
+
 def vllm_weight_renames() -> dict[str, str]:
     """Regex -> replacement mapping the wrapper's names back to vLLM parameter names (``p.<suffix>``)."""
-    return {rf"\.{WRAP_LINEAR}\.({'|'.join(WRAPPED_SUFFIXES)})$": r".\1",
+    names = sorted(set(WRAPPED_SUFFIXES) | scheme_suffixes())
+    return {rf"\.{WRAP_LINEAR}\.({'|'.join(names)})$": r".\1",
             rf"\.{WRAP_DIV}\.{MUL_SCALE}$": f".{MUL_SCALE}"}
 
 

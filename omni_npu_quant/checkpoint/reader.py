@@ -456,10 +456,11 @@ class _Scan:
                     attached.add(k)
                 v0_hint = True
                 continue
-            bad = [s for s in sufs if s not in LINEAR_SUFFIXES and s != MUL_SCALE]
+            scheme_name = LABEL_TO_SCHEME[lab]
+            allowed = set(LINEAR_SUFFIXES) | self._declared(scheme_name, sufs)
+            bad = [s for s in sufs if s not in allowed and s != MUL_SCALE]
             for s in bad:
                 self.err(self._file(sufs[s]), sufs[s], f"unexpected tensor suffix '{s}' for label {lab}")
-            scheme_name = LABEL_TO_SCHEME[lab]
             for s in getattr(get_scheme(scheme_name), "float_suffixes", ()):  # FLOAT tensors a scheme stores
                 fk = f"{prefix}.{s}"  # beside its weight (the SVD low-rank factors, schemes/svd_base.py)
                 if labels.get(fk) == FLOAT_LABEL:
@@ -511,6 +512,17 @@ class _Scan:
             if ms is not None and len(self.infos[ms].shape) == 1:
                 return int(self.infos[ms].shape[0])
         return sch.k_from_weight_cols(int(w.shape[1]))
+
+    def _declared(self, scheme_name, sufs) -> set[str]:
+        """The tensor names the scheme declares for this layer's (N, K) (e.g. W4A16 input_perm)."""
+        w = self.infos[sufs["weight"]]
+        k = self._infer_k(scheme_name, sufs)
+        if len(w.shape) != 2 or k <= 0:
+            return set()
+        try:
+            return {spec.name for spec in get_scheme(scheme_name).tensor_specs(int(w.shape[0]), k)}
+        except ValueError:  # shape problems are reported by Scheme.validate
+            return set()
 
     def _file(self, key) -> str:
         info = self.infos.get(key)

@@ -80,6 +80,25 @@ def test_vllm_renames_map_every_wrapped_name_back():
     assert apply("m.x.weight") == "m.x.weight"
 
 
+@pytest.mark.parametrize("smoothed", [False, True])
+def test_every_suffix_a_scheme_stores_is_a_known_linear_suffix(tmp_path, gen, smoothed):
+    """W4A16 act-order ``input_perm`` (and every other scheme tensor) is read back, plain and wrapped."""
+    from omni_npu_quant.schemes.registry import SCHEMES
+
+    renames = next(iter(L.vllm_weight_renames()))
+    for name in SCHEMES:  # vLLM maps every wrapped tensor a scheme declares back to p.<suffix>
+        for spec in get_scheme(name).tensor_specs(32, 512):
+            if spec.name != "mul_scale":
+                assert re.search(renames, f"m.x.linear.{spec.name}"), (name, spec.name)
+    ts = get_scheme("W4A16").quantize_weight(torch.randn(16, 256, generator=gen))
+    ts["input_perm"] = torch.randperm(256, generator=gen).to(torch.int32)
+    if smoothed:
+        ts["mul_scale"] = torch.rand(256, generator=gen) + 0.5
+    path = write_ascendv1(tmp_path / "c", {"m.x": ("W4A16", ts)}, {})
+    assert _errors(path) == []
+    assert torch.equal(load_checkpoint(path).layers["m.x"].tensors["input_perm"], ts["input_perm"])
+
+
 def test_packed_groups_are_vllm_packing_only():
     names = ["a.q_proj", "a.k_proj", "a.v_proj", "a.o_proj", "b.gate_proj", "b.up_proj", "c.to_q", "c.to_k", "c.to_v",
              "d.w1", "d.w3"]

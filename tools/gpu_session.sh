@@ -16,8 +16,8 @@ T_BENCH=${T_BENCH:-420}
 BENCH_ARGS=${BENCH_ARGS:-}
 TEST_ARGS=${TEST_ARGS:-}
 if ls .whl/gemlite-*.tar.gz >/dev/null 2>&1; then
-  mkdir -p /tmp/gemlite_src && tar -xzf .whl/gemlite-*.tar.gz -C /tmp/gemlite_src
-  export PYTHONPATH=.:$(ls -d /tmp/gemlite_src/gemlite-*)
+  mkdir -p .whl/src && tar -xzf .whl/gemlite-*.tar.gz -C .whl/src  # .whl/ is git-ignored
+  export PYTHONPATH=.:$(ls -d "$PWD"/.whl/src/gemlite-*)
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"

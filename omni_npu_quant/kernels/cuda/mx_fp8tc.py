@@ -9,10 +9,13 @@ weight rows are exact is counted at prepare (a note names the count).  The activ
 one fused kernel (``jit/fp8tc.py``) that writes the MX bytes and codes ``quantize_activation``
 reports (identical to the reference) and the row-rescaled E4M3 bytes the GEMM reads.
 
-Prepare-time choices: below ``fp8tc_min_m`` rows (default 17 for E4M3 weights, 1 for FP4 weights)
-the call goes to the exact ``cuda.mx`` path (decode kernel); for bf16 activations and N % 16 == 0,
-M > 16 runs the GEMM through ``torch._scaled_mm`` (rowwise scales, cuBLAS / CUTLASS, bias rounded to
-bf16 in its epilogue), otherwise the Triton FP8 GEMM (``fp8tc_gemm="triton"`` forces it).  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
+Prepare-time choices (``fp8tc_gemm`` / ``OMNI_NPU_QUANT_CUDA_FP8TC_GEMM``): by default ("scaled_mm") the
+kernel takes bf16 layers with N % 16 == 0 and runs M > 16 through ``torch._scaled_mm`` (rowwise scales,
+cuBLAS / CUTLASS, bias rounded to bf16 in its epilogue); M <= 16 calls go to the exact ``cuda.mx`` path
+(decode kernel / ``tl.dot_scaled``); other layers are refused (cuda.mx runs them).  "auto" adds the Triton
+FP8 GEMM (fp16 / fp32 activations, any N, and M <= 16 for FP4 weights, measured faster there) but that GEMM
+has passed only its interpreter twin test so far; "triton" uses it alone.  ``fp8tc_min_m`` overrides the
+M threshold.  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
 beside the stored MX weight.  Off: backend option ``mx_fp8tc="off"`` or ``OMNI_NPU_QUANT_CUDA_MX_FP8TC=0``.
 """
 from __future__ import annotations
@@ -22,11 +25,19 @@ from dataclasses import dataclass
 
 import torch
 
-from ..base import NATIVE
+from ..base import NATIVE, KernelRefusal
 from ..registry import register_kernel
+from .common import CUDA_DOC
 from .mx import CudaMX, CudaMXPrepared
 
 FP8TC_ENV = "OMNI_NPU_QUANT_CUDA_MX_FP8TC"
+GEMM_ENV = "OMNI_NPU_QUANT_CUDA_FP8TC_GEMM"
+# "scaled_mm" (default): bf16 activations, N % 16 == 0, M > 16 through torch._scaled_mm, the one GEMM of this
+# path checked against the reference on the H200 (2026-12-01); everything else goes to cuda.mx.
+# "auto": also the Triton FP8 GEMM (fp16 / fp32 activations, N % 16 != 0, and M <= 16 for FP4 weights, where it
+# measured faster); "triton": the Triton FP8 GEMM only.  The Triton GEMM passed its twin in Triton's
+# interpreter; its GPU tests (tests/backends/cuda/test_fp8tc_gpu.py) have not run to completion yet.
+GEMMS = ("scaled_mm", "auto", "triton")
 F32 = torch.float32
 
 
@@ -50,8 +61,8 @@ class CudaMXFp8TC(CudaMX):
     name = "cuda.mx_fp8tc"
     schemes = ("mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual")  # dual: listed so that its refusal is shown
     families = ("sm90",)
-    summary = ("MX operands rescaled per row onto E4M3 + rowwise-scaled FP8 tensor-core GEMM (Triton); "
-               "E2: within rtol 1e-3 of the reference")
+    summary = ("MX operands rescaled per row onto E4M3 (fused Triton quantizer) + rowwise-scaled FP8 tensor-core GEMM "
+               "(torch._scaled_mm for bf16 at M > 16; M <= 16 on cuda.mx); E2: within rtol 1e-3 of the reference")
 
     @classmethod
     def family_refusal(cls, family):
@@ -64,10 +75,19 @@ class CudaMXFp8TC(CudaMX):
         self.enabled = str(target.options.get("mx_fp8tc") or os.environ.get(FP8TC_ENV, "on")).lower() \
             not in ("off", "0", "false", "no")
         self.min_m = target.options.get("fp8tc_min_m")
-        self.use_scaled_mm = str(target.options.get("fp8tc_gemm", "auto")) != "triton"
+        self.gemm = str(target.options.get("fp8tc_gemm") or os.environ.get(GEMM_ENV, "scaled_mm")).lower()
+        if self.gemm not in GEMMS:
+            raise ValueError(f"fp8tc_gemm ({GEMM_ENV}) must be one of {GEMMS}, got {self.gemm!r}")
 
     def mode(self, scheme):
         return NATIVE, self.summary
+
+    def verified_for(self, device):
+        if device.family == "sm90":
+            return ("on an H200 (SM90), 2026-12-01: bf16 torch._scaled_mm path vs the reference (tools/fp8tc_smoke.py: "
+                    "activation bytes, NaN rows, E2 tolerance, CUDA-graph replay) and benchmarked; "
+                    "tests/backends/cuda/test_fp8tc_gpu.py not yet run to completion")
+        return CUDA_DOC
 
     def can_implement(self, scheme, n=None, k=None, act_dtype=None):
         ok, why = super().can_implement(scheme, n, k, act_dtype)
@@ -79,6 +99,12 @@ class CudaMXFp8TC(CudaMX):
             return False, "dual-scale level-0 factors are fp32 per 512-chunk, not foldable into a row scale"
         if act_dtype is not None and act_dtype not in (torch.bfloat16, torch.float16, torch.float32):
             return False, f"activation dtype {act_dtype} not supported"
+        if self.gemm == "scaled_mm":
+            if act_dtype is not None and act_dtype != torch.bfloat16:
+                return False, (f"{str(act_dtype).replace('torch.', '')} activations need the Triton FP8 GEMM, not yet "
+                               f"verified on the GPU (opt in: fp8tc_gemm='auto' or {GEMM_ENV}=auto)")
+            if n is not None and n % 16:
+                return False, f"N={n} is not a multiple of 16 (torch._scaled_mm rowwise; Triton GEMM: fp8tc_gemm='auto')"
         return True, ""
 
     def prepare(self, scheme, tensors, act_dtype, n, k, where):
@@ -90,10 +116,14 @@ class CudaMXFp8TC(CudaMX):
         p.kernel = self
         p.wr, p.sw = wr.contiguous(), sw.contiguous()
         p.exact_rows = int(exact.sum())
-        # E4M3 weights at M <= 16: cuda.mx's decode kernel streams the same bytes with exact products and
-        # was faster (2026-12-01 bench); FP4 weights: this path at every M
-        p.min_m = int(self.min_m) if self.min_m is not None else (DECODE_M + 1 if scheme.weight_fmt.bits == 8 else 1)
-        p.scaled_mm = self.use_scaled_mm and act_dtype == torch.bfloat16 and self._scaled_mm_ok(p)
+        # M <= 16 goes to cuda.mx (for E4M3 weights its decode kernel was also faster, 2026-12-01 bench), except
+        # FP4 weights with the Triton GEMM opted in ("auto" / "triton"), measured faster there
+        fp4_decode = self.gemm != "scaled_mm" and scheme.weight_fmt.bits == 4
+        p.min_m = int(self.min_m) if self.min_m is not None else (1 if fp4_decode else DECODE_M + 1)
+        p.scaled_mm = self.gemm != "triton" and act_dtype == torch.bfloat16 and self._scaled_mm_ok(p)
+        if self.gemm == "scaled_mm" and not p.scaled_mm:
+            raise KernelRefusal(f"torch._scaled_mm rowwise is not available for N={n}, Kp={p.kp} here (and the "
+                                f"Triton FP8 GEMM is opt-in: fp8tc_gemm='auto')")
         if p.scaled_mm:
             p.sw_row = p.sw.reshape(1, n).contiguous()
             p.bias_bf16 = None if p.bias is None else p.bias.to(torch.bfloat16)

@@ -91,6 +91,11 @@ def test_refusals():
     ok, why = kern.can_implement(get_scheme("mxfp4_dual"), 256, 1024, torch.bfloat16)
     assert not ok and "dual" in why
     assert kern.can_implement(get_scheme("mxfp4"), 256, 1024, torch.bfloat16)[0]
+    for n, dt, word in ((333, torch.bfloat16, "multiple of 16"), (256, torch.float16, "Triton FP8 GEMM")):
+        ok, why = kern.can_implement(get_scheme("mxfp4"), n, 1024, dt)  # default fp8tc_gemm="scaled_mm"
+        assert not ok and word in why, why
+    auto = CudaMXFp8TC(Target(P.DeviceInfo("cuda", "sm90", "sm90"), "cpu", {"fp8tc_gemm": "auto"}))
+    assert auto.can_implement(get_scheme("mxfp4"), 333, 1024, torch.float16)[0]
     off = CudaMXFp8TC(Target(P.DeviceInfo("cuda", "sm90", "sm90"), "cpu", {"mx_fp8tc": "off"}))
     ok, why = off.can_implement(get_scheme("mxfp8"), 256, 1024, torch.bfloat16)
     assert not ok and "disabled" in why

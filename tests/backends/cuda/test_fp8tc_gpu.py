@@ -71,7 +71,7 @@ def _layer(scheme, n, k, g, mul_scale=False, edge=False):
     if edge:
         w[1] = 0.0  # zero row
         w[2, :64] = 0.0  # zero blocks
-        w[3] *= 2.0 ** (torch.arange(k) // 32 % 20).float()  # blocks over 20 binades (inexact rows)
+        w[3] *= 2.0 ** (torch.arange(k) // 32 % 20 - 12).float()  # blocks over 20 binades (inexact rows), fp16-finite
         w[4, 5] = 1e-30  # subnormal-range magnitudes
     t = scheme.quantize_weight(w, torch.randn(n, generator=g))
     if mul_scale:
@@ -81,19 +81,20 @@ def _layer(scheme, n, k, g, mul_scale=False, edge=False):
 
 @needs_sm90
 @pytest.mark.parametrize("name", ["mxfp8", "mxfp4", "w4a8_mxfp"])
-@pytest.mark.parametrize("dtype,gemm", [(torch.bfloat16, "auto"), (torch.float16, "auto"), (torch.bfloat16, "triton")],
-                         ids=["bf16", "fp16", "bf16-triton-gemm"])
+@pytest.mark.parametrize("dtype,gemm", [(torch.bfloat16, "scaled_mm"), (torch.bfloat16, "auto"), (torch.float16, "auto"),
+                                        (torch.bfloat16, "triton")],
+                         ids=["bf16-default", "bf16-auto", "fp16-auto", "bf16-triton-gemm"])
 def test_backend_fp8tc_vs_reference(name, dtype, gemm):
     """E2: |y - ref| <= 1e-3 * max|ref| + 1 ulp of the output dtype, and the same as a norm ratio."""
     g = _g(11)
     scheme = get_scheme(name)
     ref = ReferenceBackend()
-    cuda = CudaBackend() if gemm == "auto" else CudaBackend(fp8tc_gemm="triton", fp8tc_min_m=1)
+    cuda = CudaBackend(fp8tc_gemm=gemm) if gemm != "triton" else CudaBackend(fp8tc_gemm="triton", fp8tc_min_m=1)
     for n, k, ms, edge, mlist in ((333, 736, False, True, (1, 16, 33, 1100)), (256, 1024, True, False, (1, 16, 33, 1100)),
                                   (1024, 4096, False, False, (16, 300))):
         t = _layer(scheme, n, k, g, mul_scale=ms, edge=edge)
         pr, pc = ref.prepare(scheme, t, dtype), cuda.prepare(scheme, t, dtype)
-        assert pc.kernel_name == "cuda.mx_fp8tc"
+        assert pc.kernel_name == ("cuda.mx" if gemm == "scaled_mm" and n % 16 else "cuda.mx_fp8tc"), (n, gemm)
         for m in mlist:
             x = (torch.randn(m, k, generator=g) * 2).to(dtype)
             if edge and m >= 16:
@@ -123,6 +124,7 @@ def test_backend_fp8tc_nan_blocks():
     t["weight_scale"][5, 2] = 255  # NaN block scale: output column 5 is NaN
     ref, cuda = ReferenceBackend(), CudaBackend()
     pr, pc = ref.prepare(scheme, t, torch.bfloat16), cuda.prepare(scheme, t, torch.bfloat16)
+    assert pc.kernel_name == "cuda.mx_fp8tc"
     x = torch.randn(40, k, generator=g).to(torch.bfloat16)
     x[7, 100] = float("nan")  # NaN activation: row 7 is NaN
     yr, yc = ref.apply(pr, x).float(), cuda.apply(pc, x).cpu().float()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session for the CUDA kernels: GPU tests, then the linear benchmark (JSON + log under $OUT).
 # Runs from the repository root with no install:
-#   OUT=/some/dir bash tools/gpu_session.sh [tests|profile|bench ...]   (default: tests bench)
+#   OUT=/some/dir bash tools/gpu_session.sh [smoke|tests|profile|bench ...]   (default: smoke tests bench)
 # tests run with pytest-xdist (TEST_WORKERS=8: Triton compilation is CPU-bound and dominates their time).
 # gemlite (the peer library) is used when its source distribution sits in .whl/ (carried along).
 set -uo pipefail
@@ -10,7 +10,7 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 OMNI_NPU_QUANT_CUDA_AUTOTUNE=${OMNI_NPU_Q
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-STEPS=${*:-tests bench}
+STEPS=${*:-smoke tests bench}
 T_TESTS=${T_TESTS:-330}
 T_BENCH=${T_BENCH:-420}
 BENCH_ARGS=${BENCH_ARGS:-}
@@ -27,6 +27,9 @@ for step in $STEPS; do
     tests)
       timeout "$T_TESTS" $PY -m pytest tests/backends/cuda -m gpu -q -p no:cacheprovider -rf -n "${TEST_WORKERS:-8}" $TEST_ARGS > "$OUT/gpu_tests.log" 2>&1
       echo "tests rc=$?"; tail -n 25 "$OUT/gpu_tests.log" ;;
+    smoke)
+      timeout 120 $PY tools/fp8tc_smoke.py > "$OUT/fp8tc_smoke.log" 2>&1
+      echo "smoke rc=$?"; grep -E "FAIL|SMOKE" "$OUT/fp8tc_smoke.log" ;;
     profile)
       timeout 120 $PY tools/bench_linear.py --profile-host "$OUT/host_profile.txt" > /dev/null 2>&1
       echo "profile rc=$?"; grep "^==" "$OUT/host_profile.txt" ;;

@@ -33,8 +33,8 @@ QUANT_TYPE_PRIORITY = (
 MX_LABELS = ("W8A8_MXFP8", "W4A8_MXFP", "W4A4_MXFP4", "W4A4_MXFP4_DUALSCALE", "W4A4_MXFP4_SVD")
 
 SERVED_LABELS = tuple(LABEL_TO_SCHEME)
-KNOWN_UNSERVED_LABELS = ("W4A8_DYNAMIC", "W4A4_DYNAMIC", "W16A16S", "WFP8AFP8_DYNAMIC", "C8", "FAQuant", "FAKQuant",
-                         "W4A16")
+KNOWN_UNSERVED_LABELS = tuple(lab for lab in ("W4A8_DYNAMIC", "W4A4_DYNAMIC", "W16A16S", "WFP8AFP8_DYNAMIC", "C8",
+                                              "FAQuant", "FAKQuant", "W4A16") if lab not in LABEL_TO_SCHEME)
 
 # safetensors dtype strings
 ST_DTYPES = {

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..schemes.registry import scheme_names
+
 TINY = {"tiny-llama": "llama", "tiny-dit": "dit"}
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "fp32": "float32",
           "float32": "float32"}
@@ -24,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "directory (model_index.json: every transformer, e.g. Wan2.2's transformer + transformer_2, "
                         "is quantized into OUT/<subfolder>/)")
     p.add_argument("--scheme", default="mxfp4",
-                   help="default scheme name or msModelSlim label (w8a8_dynamic, w8a8_static, mxfp8, mxfp4, "
-                        "w4a8_mxfp, mxfp4_dual, W4A4_MXFP4, ...); 'float' quantizes only --layer-scheme layers")
+                   help=f"default scheme name or msModelSlim label ({', '.join(scheme_names())}, W4A4_MXFP4, ...); "
+                        f"'float' quantizes only --layer-scheme layers")
     p.add_argument("--ignored-layers", nargs="*", default=[], metavar="PATTERN",
                    help="layers kept in float: exact name, dot-boundary prefix, glob (*.down_proj) or re:<regex>")
     p.add_argument("--layer-scheme", action="append", default=[], metavar="PATTERN=SCHEME",
@@ -246,7 +248,7 @@ def _calibrate_hint(args, plan, out) -> str:
             f"quantize has no calibration data for --model {args.model}. Use:\n"
             f"  omni-npu-quant calibrate --model {shlex.quote(str(args.model))} --scheme {scheme} "
             f"--out {shlex.quote(str(dest))}\n"
-            f"or an online scheme (w8a8_dynamic, mxfp8, mxfp4, w4a8_mxfp, mxfp4_dual, w8a16)")
+            f"or an online scheme ({', '.join(scheme_names(online=True))})")
 
 
 def _print_plan_notes(args, plan, out, *, calibrated: bool = False) -> None:

@@ -37,16 +37,26 @@ __all__ = ["SVDScheme", "L1", "L2", "LOWRANK", "svd_factors", "lowrank_branch"]
 def svd_factors(weight: torch.Tensor, rank: int, *, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Truncated SVD of a float (N, K) weight: (L1 = V^T [rank, K], L2 = U.S [N, rank]), fp32.
 
-    A full ``torch.linalg.svd`` (deterministic; msModelSlim uses the randomized ``torch.svd_lowrank`` with seed 42,
-    whose factors are close to but not equal to these)."""
+    Deterministic: the top eigenvectors of the smaller Gram matrix in float64 (``torch.linalg.eigh``), i.e. the best
+    rank-``rank`` approximation (Eckart-Young) to ~1e-7 relative; msModelSlim uses the randomized
+    ``torch.svd_lowrank`` (seed 42), whose factors are close to but not equal to these."""
     loc = f"{where}: " if where else ""
     n, k = weight.shape
     if not isinstance(rank, int) or rank <= 0:
         raise ValueError(f"{loc}rank must be a positive integer, got {rank!r}")
     if rank > min(n, k):
         raise ValueError(f"{loc}rank {rank} exceeds min(out_features, in_features) = {min(n, k)} for weight {[n, k]}")
-    u, s, vh = torch.linalg.svd(weight.to(F32), full_matrices=False)
-    return vh[:rank].contiguous(), (u[:, :rank] * s[:rank]).contiguous()
+    w = weight.to(torch.float64)
+    if k <= n:
+        _, vecs = torch.linalg.eigh(w.t() @ w)  # ascending
+        v = vecs[:, -rank:].flip(-1)  # (K, r), orthonormal
+        return v.t().contiguous().to(F32), (w @ v).contiguous().to(F32)
+    vals, vecs = torch.linalg.eigh(w @ w.t())
+    u = vecs[:, -rank:].flip(-1)  # (N, r)
+    sv = vals[-rank:].flip(-1).clamp_min(0).sqrt()
+    keep = sv > 1e-12 * sv.max().clamp_min(1e-300)
+    l1 = torch.where(keep.unsqueeze(-1), (u.t() @ w) / sv.clamp_min(1e-300).unsqueeze(-1), torch.zeros(()))
+    return l1.contiguous().to(F32), (u * sv).contiguous().to(F32)
 
 
 def lowrank_branch(x2: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, act_dtype: torch.dtype) -> torch.Tensor:

@@ -110,6 +110,8 @@ class CudaMXFp8TC(CudaMX):
     def prepare(self, scheme, tensors, act_dtype, n, k, where):
         from .jit import twins
 
+        if self.gemm == "scaled_mm" and self.torch_device.type != "cuda":
+            raise KernelRefusal(f"torch._scaled_mm needs a CUDA device, not {self.dev} (Triton FP8 GEMM: fp8tc_gemm='auto')")
         base = super().prepare(scheme, tensors, act_dtype, n, k, where)
         wr, sw, exact = twins.rowwise_weight(base.weight, base.weight_scale, base.kp, scheme.weight_fmt)
         p = CudaMXFp8Prepared(**{f: getattr(base, f) for f in base.__dataclass_fields__})

@@ -26,13 +26,13 @@ from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleP
                                            ModelWeightParameter, PerTensorScaleParameter, RowvLLMParameter)
 
 from ...schemes.base import Scheme, SchemeValidationError
+from ...checkpoint.layout import SHARED_INPUT_TENSORS
 from ...numerics.int8 import deq_scale_fp32
 from ..torch.module import resolve_backend
 
 __all__ = ["OmniNpuLinearMethod"]
 
 # tensors that must be identical across the shards of a fused layer (one input feeds every shard)
-SHARED_INPUT_TENSORS = ("mul_scale", "input_scale", "input_offset")
 
 
 def _param_for(spec, shape, dtype, loader, n_shards):

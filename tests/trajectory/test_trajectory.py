@@ -78,6 +78,7 @@ def _check_report(out, steps, n_frames):
     if not torch.cuda.is_available():
         assert {"scheme": None, "backend": "cuda", "status": "unavailable", "reason": "cuda: no CUDA device"} in \
             data["rows"] and "cuda: no CUDA device" in md
+    assert data["frames_shape"][0] == n_frames  # decoded frames (Wan's small VAE: one per latent frame)
     for r in ok:
         px = r["output_metrics"]["all_frames_metrics"]
         assert r["output_metrics"]["num_frames"] == n_frames
@@ -115,7 +116,7 @@ def test_api_report_wan_two_experts_every_scheme(wan_dir, tmp_path):
     assert runner.subs == ["transformer", "transformer_2"] and runner.reload_from_disk
     rep = run_trajectory(runner, r, schemes=MAIN, backends=BACKENDS)
     assert write_report(rep, tmp_path / "w") == []
-    data = _check_report(tmp_path / "w", r.steps, r.num_frames)
+    data = _check_report(tmp_path / "w", r.steps, 2)  # 5 frames -> 2 latent frames -> 2 decoded (no temporal upsampling)
     assert data["transformers"] == ["transformer", "transformer_2"]
     assert len(rep["_images"]) == 1 + 3 * len(MAIN)
     # the float run is the same call every time: a second reference run is bit-identical (seeded, CPU)

@@ -234,3 +234,23 @@ def test_real_minilm_layer_svd_beats_plain_mxfp4():
         y = be.apply(be.prepare(s, s.quantize_weight(lin.weight.float(), lin.bias.float()), torch.bfloat16), x)
         err[name] = ((y.float() - ref).norm() / ref.norm()).item()
     assert err["mxfp4_svd"] < 0.9 * err["mxfp4"], err
+
+
+def test_our_writer_round_trips_svd_layers(tmp_path):
+    """Our writer labels the factors with the layer's label (msModelSlim: FLOAT); the reader takes both forms."""
+    import json
+
+    from omni_npu_quant.checkpoint import load_checkpoint
+    from omni_npu_quant.checkpoint.writer import write_ascendv1
+
+    a = get_scheme("mxfp4_svd", rank=8).quantize_weight(lowrank_weight(64, 128, 8), torch.randn(64))
+    b = get_scheme("w8a8_dynamic_svd", rank=8).quantize_weight(lowrank_weight(64, 128, 8, seed=2))
+    b["mul_scale"] = torch.rand(128) + 0.5  # smoothed: the Linear's tensors move under b.fc.linear.*
+    out = write_ascendv1(tmp_path / "ck", {"a.fc": ("W4A4_MXFP4_SVD", a), "b.fc": ("W8A8_SVD_DYNAMIC", b)}, {})
+    desc = json.loads((out / "quant_model_description.json").read_text())
+    assert desc["a.fc.svd_lowrank_l1"] == "W4A4_MXFP4_SVD" and "b.fc.linear.svd_lowrank_l2" in desc
+    ck = load_checkpoint(out)
+    for prefix, want in (("a.fc", a), ("b.fc", b)):
+        got = ck.layers[prefix].tensors
+        assert sorted(got) == sorted(want)
+        assert all(torch.equal(got[k].to(v.dtype), v) for k, v in want.items()), prefix

@@ -61,7 +61,7 @@ def test_saver_labels_and_our_reader(svd_ckpts, scheme):
     ck = load_checkpoint(out)
     assert len(ck.layers) == len(LINEARS)
     assert not [k for k in ck.float_tensors if "svd_lowrank" in k]
-    float_w = dict(_float_model(model_dir).named_parameters())
+    float_w = {k: v.detach() for k, v in _float_model(model_dir).named_parameters()}
     for lin in LINEARS:
         prefix = next(k for k in ck.layers if k.endswith(lin))
         e = ck.layers[prefix]

@@ -490,6 +490,8 @@ def run_trajectory(pipeline, request: TrajectoryRequest, *, schemes: Iterable[st
     base.pop("backend", None)
     statuses = resolve_backends(list(dict.fromkeys(backends)))
     runner = pipeline if isinstance(pipeline, TrajectoryRunner) else TrajectoryRunner(pipeline, request, dtype=dtype)
+    if runner.request != request:
+        runner = runner.with_request(request)
     say = progress or (lambda m: None)
     refs, rows, images = {}, [], {}
     avail = []

@@ -29,12 +29,6 @@ class CudaSVD(SVDKernel, CudaKernel):
         return ("Triton branch kernel interpreter-tested on CPU (tests/svd); " + CUDA_DOC) if device.interpreted \
             else "untested on a GPU: " + CUDA_DOC
 
-    def can_implement(self, scheme, n=None, k=None, act_dtype=None):
-        ok, why = CudaKernel.can_implement(self, scheme, n, k, act_dtype)
-        if not ok:
-            return ok, why
-        return SVDKernel.can_implement(self, scheme, n, k, act_dtype)
-
     def apply(self, p, x2, add_bias=True):
         from .jit import svd_lowrank
 

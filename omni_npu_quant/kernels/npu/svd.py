@@ -25,12 +25,6 @@ class NpuSVD(SVDKernel, NpuKernel):
                   "with fp32 output, added in fp32 to the residual output (a quant-matmul residual comes back already "
                   "rounded to the activation dtype: <= 1 extra rounding vs the reference)")
 
-    def can_implement(self, scheme, n=None, k=None, act_dtype=None):
-        ok, why = NpuKernel.can_implement(self, scheme, n, k, act_dtype)
-        if not ok:
-            return ok, why
-        return SVDKernel.can_implement(self, scheme, n, k, act_dtype)
-
     def branch(self, p, x2):
         if self.target.device.simulated:  # the cube unit: fp32 accumulation, one rounding to the activation dtype
             h = torch.matmul(x2.to(F32), p.l1.to(F32).t()).to(p.act_dtype)

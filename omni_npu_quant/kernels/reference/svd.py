@@ -9,15 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ...schemes.registry import SCHEMES
 from ...schemes.svd_base import L1, L2, SVDScheme, lowrank_branch
 from ..base import NATIVE, KernelRefusal, LinearKernel, PreparedLinear
 from ..registry import candidate_classes, register_kernel
 from .common import ReferenceKernel
 
 F32 = torch.float32
-# the SVD schemes (schemes/*_svd.py and the nunchaku schemes); a kernel class needs its list at registration
-SVD_SCHEMES = ("w8a8_dynamic_svd", "w8a8_static_svd", "mxfp8_svd", "mxfp4_svd", "w4a8_mxfp_svd", "mxfp4_dual_svd",
-               "svdq_int4", "svdq_nvfp4")
+# every registered SVD scheme (schemes/*_svd.py, schemes/svdq.py): a new one needs no edit here
+SVD_SCHEMES = tuple(name for name, cls in SCHEMES.items() if issubclass(cls, SVDScheme))
 
 
 @dataclass

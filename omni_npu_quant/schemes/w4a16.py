@@ -29,7 +29,7 @@ import torch
 from ..numerics.int4 import INT4_MAX, INT4_MIN, dequantize_weight_int4, quantize_weight_int4
 from .base import Scheme, SchemeValidationError, TensorSpec
 from .registry import register_scheme
-from .w8a8_dynamic import check_group_count, scale_groups
+from .int8_base import check_group_count, scale_groups
 
 F32, I8 = torch.float32, torch.int8
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)

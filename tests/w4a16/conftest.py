@@ -17,7 +17,7 @@ REPO = HERE.parent.parent
 @pytest.fixture(scope="session")
 def ar(tmp_path_factory) -> dict[str, Path]:
     """``{variant: checkpoint dir}`` written by the real auto-round (``producers.VARIANTS``) plus
-    ``float_llama`` and the documented-format act-order checkpoints; each holds ``oracle.pt``."""
+    ``float_llama`` and the documented-format act-order checkpoints; each holds ``oracle.safetensors``."""
     if importlib.util.find_spec("auto_round") is None:
         pytest.skip("auto-round is not installed (ci/setup.sh installs auto-round==0.16.1)")
     root = tmp_path_factory.mktemp("autoround")

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 4, "Hello world, a tiny calibration corpus for W4A16. " * 3]
 
@@ -178,7 +179,7 @@ VARIANTS = {  # tag -> (source, output format, auto-round arguments)
 
 def produce_all(root: Path, tags=None) -> dict:
     """Run auto-round for every variant under ``root``; write ``index.json`` {tag: dir} and, per output,
-    ``oracle.pt`` {prefix: auto-round's dequantized fp32 weight}."""
+    ``oracle.safetensors`` {prefix: auto-round's dequantized fp32 weight}."""
     root = Path(root)
     llama = save_tiny_llama(root / "float_llama")
     index = {"float_llama": str(llama)}
@@ -193,7 +194,7 @@ def produce_all(root: Path, tags=None) -> dict:
             d = autoround(dit, root / tag, fmt=fmt, tokenizer=tiny_tokenizer(), **kw)  # RTN: the tokenizer is unused
         t = _load(d)
         prefixes = sorted(k[: -len(".qweight")] for k in t if k.endswith(".qweight"))
-        torch.save({p: autoround_dequant(d, p, t) for p in prefixes}, str(d / "oracle.pt"))
+        save_file({p: autoround_dequant(d, p, t).contiguous() for p in prefixes}, str(d / "oracle.safetensors"))
         index[tag] = str(d)
     # act-order (desc_act) in the documented GPTQ format: auto-round does not export it, its torch
     # QuantLinear dequantizes it (square layers, see autoround_dequant)
@@ -207,9 +208,9 @@ def produce_all(root: Path, tags=None) -> dict:
         d = write_gptq(root / f"actorder_v{1 if v1 else 2}", layers,
                        group_size=32, sym=False, desc_act=True, v1=v1)
         t = _load(d)
-        torch.save({p: autoround_dequant(d, p, t) for p in sorted(k[:-8] for k in t if k.endswith(".qweight"))},
-                   str(d / "oracle.pt"))
-        torch.save(exact, str(d / "exact.pt"))
+        save_file({p: autoround_dequant(d, p, t).contiguous() for p in sorted(k[:-8] for k in t if k.endswith(".qweight"))},
+                  str(d / "oracle.safetensors"))
+        save_file({k: v.contiguous() for k, v in exact.items()}, str(d / "exact.safetensors"))
         index[f"actorder_v{1 if v1 else 2}"] = str(d)
     (root / "index.json").write_text(json.dumps(index, indent=1))
     return index

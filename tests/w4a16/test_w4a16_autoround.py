@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from omni_npu_quant.backends.registry import get_backend
 from omni_npu_quant.checkpoint import load_checkpoint
@@ -38,7 +39,7 @@ def _rel(a, b):
 def test_matches_autoround_dequantization(ar, tag):
     d = ar[tag]
     ck = load_checkpoint(d)
-    oracle = torch.load(str(d / "oracle.pt"))
+    oracle = load_file(str(d / "oracle.safetensors"))
     assert sorted(ck.layers) == sorted(oracle) and not ck.warnings
     if tag in EXPECT:
         fmt, packing, labels = EXPECT[tag]
@@ -53,7 +54,7 @@ def test_matches_autoround_dequantization(ar, tag):
         y = ref.apply(ref.prepare(e.scheme(), e.tensors, torch.float32), x)
         assert _rel(y, x @ oracle[p].t() + (e.tensors["bias"].float() if "bias" in e.tensors else 0)) < 1e-3, p
     if tag.startswith("actorder"):
-        exact = torch.load(str(d / "exact.pt"))
+        exact = load_file(str(d / "exact.safetensors"))
         assert all(torch.equal(ck.layers[p].scheme().dequantize_weight(ck.layers[p].tensors), exact[p]) for p in exact)
 
 
@@ -66,7 +67,7 @@ def _llama(d: Path, dtype):
 def _oracle_model(d: Path, ck, build, dtype=torch.float32):
     """The float model with auto-round's dequantized weights (and the checkpoint's float tensors)."""
     m = build(d, dtype)
-    oracle = torch.load(str(d / "oracle.pt"))
+    oracle = load_file(str(d / "oracle.safetensors"))
     sd = m.state_dict()
     with torch.no_grad():
         for k, t in ck.float_tensors.items():

@@ -7,6 +7,7 @@ add_bias)`` instead: an opaque custom op whose fake implementation gives the (M,
 activation dtype, so compiled graphs (and their CUDA graphs) call the same launchers."""
 from __future__ import annotations
 
+import abc
 import functools
 import itertools
 import weakref
@@ -89,8 +90,9 @@ class CudaKernel(LinearKernel):
             return torch.ops.omni_npu_quant.cuda_linear(x2, p._op_handle, add_bias)
         return self._apply(p, x2, add_bias)
 
-    def _apply(self, p, x2, add_bias=True):  # the launches; subclasses implement it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _apply(self, p, x2, add_bias=True):
+        """The launches (each CUDA kernel implements it; ``apply`` routes torch.compile through the custom op)."""
 
     def verified_for(self, device) -> str:
         return SM90_VERIFIED if device.family == "sm90" else CUDA_DOC

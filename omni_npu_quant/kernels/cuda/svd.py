@@ -29,7 +29,9 @@ class CudaSVD(SVDKernel, CudaKernel):
         return ("Triton branch kernel interpreter-tested on CPU (tests/svd); " + CUDA_DOC) if device.interpreted \
             else "untested on a GPU: " + CUDA_DOC
 
-    def apply(self, p, x2, add_bias=True):
+    apply = CudaKernel.apply  # not SVDKernel's composed torch branch: the CUDA launches, eager or compiled
+
+    def _apply(self, p, x2, add_bias=True):
         from .jit import svd_lowrank
 
         rp = p.residual

@@ -98,7 +98,7 @@ class CudaW4A16(CudaKernel):
     def quantize_activation(self, p, x2):
         return {}  # activations stay in float
 
-    def apply(self, p, x2, add_bias=True):
+    def _apply(self, p, x2, add_bias=True):
         from .jit import w4a16 as J
 
         self.quantize_activation(p, x2)

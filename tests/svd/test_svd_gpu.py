@@ -1,0 +1,104 @@
+"""``cuda.svd`` on a GPU: every SVD scheme (msModelSlim ``*_svd`` and nunchaku ``svdq_*``) against the reference
+backend on fresh random inputs (M in {1, 16, 300}, bf16 / fp16, bias, odd rank, an all-zero branch), the Triton
+low-rank branch kernel against its pure-torch twin, CUDA-graph capture and torch.compile.
+
+Tolerances per residual family and for the branch: tests/svd/_svd_cuda_cases.py (module docstring).  The same
+checks run on the CPU in Triton's interpreter for the residuals the interpreter can run (int8, svdq):
+tests/svd/test_svd_cuda_cpu.py.  Small shapes on purpose (N 160, K 256 / 512): the file should take well under a
+minute on an H200.
+
+Run: python -m pytest tests/svd/test_svd_gpu.py -m gpu -q
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():  # the conftest skips too; this keeps the imports below off CPU CI
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _svd_cuda_cases as C  # noqa: E402
+
+from omni_npu_quant.backends import CudaBackend, ReferenceBackend  # noqa: E402
+from omni_npu_quant.kernels.cuda.jit.svd_lowrank import lowrank_add  # noqa: E402
+
+DEV = "cuda"
+MS = (1, 16, 300)
+N = 160  # not a multiple of the branch kernel's 64-wide N tile
+
+
+def _k(name):
+    return 512 if "dual" in name else 256
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", C.SVD_NAMES)
+def test_cuda_svd_matches_reference(name, dtype, monkeypatch):
+    monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
+    ref, cuda = ReferenceBackend(), CudaBackend()
+    kinds = set()
+    for rank, bias, zero, seed in ((7, True, False, 1), (16, False, False, 2), (5, True, True, 3)):
+        fails, rk = C.check_layer(cuda, ref, name, dtype, MS, n=N, k=_k(name), rank=rank, bias=bias,
+                                  zero_branch=zero, seed=seed, device=DEV)
+        assert not fails, fails
+        kinds.add(rk)
+    # the residual runs on the GPU's own kernel for its scheme where one exists
+    if name.startswith("w8a8_dynamic"):
+        assert kinds == {"cuda.int8_dynamic"}
+    elif name.startswith("w8a8_static"):
+        assert kinds == {"cuda.int8_static"}
+    elif name.startswith("svdq"):
+        assert kinds == {"reference.svdq"}  # nunchaku's kernels are not on SM90 (kernels/cuda/svdq_nunchaku.py)
+    elif torch.cuda.get_device_capability()[0] in (9, 10):
+        assert kinds <= {"cuda.mx", "cuda.mx_fp8tc"}, kinds
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_branch_kernel_vs_twin(dtype):
+    fails = []
+    for i, (m, k, r, n) in enumerate(((1, 256, 7, 160), (16, 200, 16, 70), (300, 512, 33, 129), (300, 64, 1, 64))):
+        fails += C.check_lowrank_add(lowrank_add, DEV, dtype, m, k, r, n, seed=i)
+    assert not fails, fails
+
+
+@pytest.mark.parametrize("name,m", [("mxfp4_svd", 1), ("w8a8_dynamic_svd", 16), ("svdq_int4", 300),
+                                    ("mxfp4_dual_svd", 4)], ids=str)
+def test_cuda_graph_capture(name, m, monkeypatch):
+    monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
+    s, t = C.make_layer(name, N, _k(name), 7, bias=True, zero_branch=False, seed=5)
+    be = CudaBackend()
+    p = be.prepare(s, t, torch.bfloat16)
+    assert p.kernel.name == "cuda.svd"
+    x = torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16)
+    eager = be.apply(p, x)  # warm-up: compiles and picks configs outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = be.apply(p, x)
+    x.copy_(torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16))
+    graph.replay()
+    torch.cuda.synchronize()
+    again = be.apply(p, x)
+    assert torch.equal(out, again), name
+    assert not torch.equal(out, eager)
+
+
+def test_torch_compile_custom_op(monkeypatch):
+    monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
+    s, t = C.make_layer("w8a8_dynamic_svd", N, 256, 7, bias=True, zero_branch=False, seed=6)
+    be = CudaBackend()
+    p = be.prepare(s, t, torch.bfloat16)
+    torch._dynamo.reset()
+
+    def f(x):
+        return be.apply(p, x * 2.0) + 1.0
+
+    cf = torch.compile(f, fullgraph=True)
+    for m in (16, 19):
+        x = torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16)
+        assert torch.equal(cf(x), f(x))

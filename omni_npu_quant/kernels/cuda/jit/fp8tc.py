@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ....numerics.constants import E2M1, ElemFormat
+from .launch import fast as _fast
 from .triton_kernels import (_e2m1_code, _e4m3_code, _grouped_tile, _mx_block_exponent, _mx_elements, _pow2,
                              P2M64)
 
@@ -117,6 +118,15 @@ def fp8_rowwise_gemm_kernel(a_ptr, w_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, 
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
+_ROWWISE = _fast(mx_quant_rowwise_kernel)
+_FP8_GEMM = _fast(fp8_rowwise_gemm_kernel)
+
+
+def _opt_tuple(num_warps, num_stages, launch_opts) -> tuple:
+    return (("num_warps", num_warps),) + ((("num_stages", num_stages),) if num_stages is not None else ()) + \
+        tuple((launch_opts or {}).items())
+
+
 def _interp() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -133,13 +143,11 @@ def mx_quant_rowwise(x2: torch.Tensor, smooth, fmt: ElemFormat, round_mode: str,
     xr = torch.empty((m, kp), dtype=torch.uint8, device=dev)
     sx = torch.empty((m,), dtype=torch.float32, device=dev)
     if m:
-        mx_quant_rowwise_kernel[(m,)](
+        _ROWWISE((m,), (
             x2, smooth if smooth is not None else x2, q if write_mx else xr, sc if write_mx else xr, xr, sx, k, kp,
             x2.stride(0), q.stride(0) if write_mx else 0, sc.stride(0) if write_mx else 0, xr.stride(0),
-            HAS_SMOOTH=smooth is not None, IS_FP8=fmt.bits == 8, EMAX=fmt.emax, EMIN=fmt.emin, MBITS=fmt.mbits,
-            MAXV=float(fmt.max_value), ROUND=_ROUND[round_mode], SCALE_ALG=scale_alg,
-            HEADROOM=6 if fmt is E2M1 else 0, WRITE_MX=write_mx, NB=32 if kp % 1024 == 0 else 8, num_warps=4,
-            **(launch_opts or {}))
+            smooth is not None, fmt.bits == 8, fmt.emax, fmt.emin, fmt.mbits, float(fmt.max_value), _ROUND[round_mode],
+            scale_alg, 6 if fmt is E2M1 else 0, write_mx, 32 if kp % 1024 == 0 else 8), _opt_tuple(4, None, launch_opts))
     return q, sc, xr, sx
 
 
@@ -170,10 +178,9 @@ def fp8_rowwise_gemm(xr, sx, wr, sw, n, kp, out_dtype, *, bias=None, pick=None, 
 
     def run(cfg):
         bm, bn, bk, gm, nw, ns, pr = cfg
-        fp8_rowwise_gemm_kernel[(-(-m // bm) * -(-n // bn),)](
+        _FP8_GEMM((-(-m // bm) * -(-n // bn),), (
             a, w, sx, sw, bias if bias is not None else sx, out, m, n, kp, a.stride(0), w.stride(0), out.stride(0),
-            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, PROMOTE=min(pr, bk),
-            num_warps=nw, num_stages=ns, **opts)
+            bias is not None, bm, bn, bk, gm, min(pr, bk)), _opt_tuple(nw, ns, opts))
 
     cfg = cands[0] if pick is None else pick(("fp8tc", mb, n, kp), cands, run)
     run(cfg)

@@ -15,6 +15,7 @@ import triton
 from ....numerics.constants import E2M1, E4M3, ElemFormat
 from . import decode as _decode
 from . import triton_kernels as K
+from .launch import fast as _fast
 
 _ROUND = {"rint": 0, "round": 1, "floor": 2}
 _LAUNCH = {"enable_fp_fusion": False}
@@ -28,6 +29,29 @@ _OPTS = {} if INTERPRETED else dict(_LAUNCH)  # the interpreter ignores compile 
 
 def _launch_opts():
     return _OPTS
+
+
+_OPTS_T = tuple(_OPTS.items())
+_OPT_CACHE: dict = {}
+
+
+def _opts(num_warps: int, num_stages: int | None = None) -> tuple:
+    """Launch options as the hashable tuple ``launch.FastKernel`` takes (built once per pair)."""
+    o = _OPT_CACHE.get((num_warps, num_stages))
+    if o is None:
+        o = (("num_warps", num_warps),) + ((("num_stages", num_stages),) if num_stages is not None else ()) + _OPTS_T
+        _OPT_CACHE[(num_warps, num_stages)] = o
+    return o
+
+
+# every launch goes through launch.FastKernel (Triton's own launch the first time per specialization)
+_INT8_DYN = _fast(K.int8_dynamic_quant_kernel)
+_INT8_STATIC = _fast(K.int8_static_quant_kernel)
+_MX_QUANT = _fast(K.mx_quant_kernel)
+_DUAL_QUANT = _fast(K.dual_quant_kernel)
+_INT8_GEMM = _fast(K.int8_gemm_kernel)
+_MX_GEMM = _fast(K.mx_gemm_kernel)
+_MX_WDEQ = _fast(K.mx_weight_dequant_kernel)
 
 
 def cdiv(a: int, b: int) -> int:  # plain ints: triton.cdiv is a constexpr function, slow to call from the host
@@ -59,9 +83,8 @@ def int8_dynamic_quant(x2: torch.Tensor, smooth: torch.Tensor | None):
     s = torch.empty((m,), dtype=torch.float32, device=x2.device)
     if m:
         block = min(4096, next_pow2(k))
-        K.int8_dynamic_quant_kernel[(m,)](x2, smooth if smooth is not None else x2, q, s, k, x2.stride(0), q.stride(0),
-                                          HAS_SMOOTH=smooth is not None, BLOCK=block, num_warps=8 if block >= 2048 else 4,
-                                          **_launch_opts())
+        _INT8_DYN((m,), (x2, smooth if smooth is not None else x2, q, s, k, x2.stride(0), q.stride(0),
+                         smooth is not None, block), _opts(8 if block >= 2048 else 4))
     return q, s
 
 
@@ -71,14 +94,24 @@ def int8_static_quant(x2: torch.Tensor, smooth, scale, offset):
     n = m * k
     if n:
         block = 2048
-        K.int8_static_quant_kernel[(cdiv(n, block),)](x2, smooth if smooth is not None else x2, scale, offset, q, n, k,
-                                                             HAS_SMOOTH=smooth is not None, BLOCK=block, num_warps=8,
-                                                             **_launch_opts())
+        _INT8_STATIC((cdiv(n, block),), (x2, smooth if smooth is not None else x2, scale, offset, q, n, k,
+                                          smooth is not None, block), _opts(8))
     return q
 
 
 def _fmt_consts(fmt: ElemFormat):
     return dict(IS_FP8=fmt.bits == 8, EMAX=fmt.emax, EMIN=fmt.emin, MBITS=fmt.mbits, MAXV=float(fmt.max_value))
+
+
+_FMT_T: dict = {}
+
+
+def _fmt_tuple(fmt: ElemFormat) -> tuple:
+    """(IS_FP8, EMAX, EMIN, MBITS, MAXV) of a format, in mx_quant_kernel's parameter order (built once)."""
+    t = _FMT_T.get(fmt.name)
+    if t is None:
+        t = _FMT_T[fmt.name] = tuple(_fmt_consts(fmt).values())
+    return t
 
 
 def mx_quant(x2: torch.Tensor, smooth, fmt: ElemFormat, round_mode: str, scale_alg: int, kp: int,
@@ -98,12 +131,13 @@ def mx_quant(x2: torch.Tensor, smooth, fmt: ElemFormat, round_mode: str, scale_a
     nb = 8 if kp % 256 == 0 else 2
     if m:
         dummy = x2
-        K.mx_quant_kernel[(m, kp // (32 * nb))](
+        is_fp8, emax, emin, mbits, maxv = _fmt_tuple(fmt)
+        _MX_QUANT((m, kp // (32 * nb)), (
             x2, smooth if smooth is not None else dummy, q if q is not None else dummy, sc if sc is not None else dummy,
             dq if dq is not None else dummy, k, x2.stride(0), q.stride(0) if q is not None else 0,
             sc.stride(0) if sc is not None else 0, dq.stride(0) if dq is not None else 0,
-            HAS_SMOOTH=smooth is not None, ROUND=_ROUND[round_mode], SCALE_ALG=scale_alg, UOS_MANT=uos,
-            WRITE_Q=write_q, WRITE_DEQ=write_deq, NB=nb, num_warps=4, **_fmt_consts(fmt), **_launch_opts())
+            smooth is not None, is_fp8, emax, emin, mbits, maxv, _ROUND[round_mode], scale_alg, uos,
+            write_q, write_deq, nb), _opts(4))
     return q, sc, dq
 
 
@@ -116,10 +150,9 @@ def dual_quant(x2: torch.Tensor, smooth, round_mode: str):
     sc = torch.empty((m, k // 32), dtype=torch.uint8, device=dev)
     l0 = torch.empty((m, k // 512), dtype=torch.float32, device=dev)
     if m:
-        K.dual_quant_kernel[(m, k // 512)](x2, smooth if smooth is not None else x2, q, sc, l0, k, x2.stride(0), q.stride(0),
-                                           sc.stride(0), l0.stride(0), HAS_SMOOTH=smooth is not None,
-                                           ROUND=_ROUND[round_mode], ROUND_WORK=x2.dtype != torch.float32,
-                                           num_warps=4, **_launch_opts())
+        _DUAL_QUANT((m, k // 512), (x2, smooth if smooth is not None else x2, q, sc, l0, k, x2.stride(0), q.stride(0),
+                                    sc.stride(0), l0.stride(0), smooth is not None, _ROUND[round_mode],
+                                    x2.dtype != torch.float32), _opts(4))
     return q, sc, l0
 
 
@@ -196,13 +229,12 @@ def int8_gemm(q: torch.Tensor, w: torch.Tensor, out_dtype, *, sx=None, ws=None, 
 
     def run(cfg):
         bm, bn, bk, gm, nw, ns = cfg
-        K.int8_gemm_kernel[_grid(m, n, cfg)](
+        _INT8_GEMM(_grid(m, n, cfg), (
             q, w, out, sx if sx is not None else dummy, ws if ws is not None else dummy,
             bias if bias is not None else dummy, quant_bias if quant_bias is not None else dummy,
             deq if deq is not None else dummy, m, n, k, q.stride(0), w.stride(0), out.stride(0),
             ws.stride(0) if ws is not None else 0,
-            MODE=1 if static else 0, HAS_BIAS=has_bias, GROUP_K=group_k, N_GROUPS=n_groups,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=nw, num_stages=ns, **_launch_opts())
+            1 if static else 0, has_bias, group_k, n_groups, bm, bn, bk, gm), _opts(nw, ns))
 
     cfg = _pick(("int8", mb, n, k, static, n_groups), cands, run)
     run(cfg)
@@ -229,12 +261,11 @@ def mx_gemm(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt: ElemFormat, w_fmt: Elem
 
     def run(cfg):
         bm, bn, bk, gm, nw, ns = cfg
-        K.mx_gemm_kernel[_grid(m, n, cfg)](
+        _MX_GEMM(_grid(m, n, cfg), (
             a_t, a_s, w_t, w_s, out, bias if bias is not None else dummy, l0x if dual else dummy, l0w if dual else dummy,
             m, n, kp, a_q.stride(0), a_s.stride(0), w_q.stride(0), w_s.stride(0), out.stride(0),
             l0x.stride(0) if dual else 0, l0w.stride(0) if dual else 0,
-            A_FMT=af, W_FMT=wf, DUAL=dual, HAS_BIAS=bias is not None,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=nw, num_stages=ns, **_launch_opts())
+            af, wf, dual, bias is not None, bm, bn, bk, gm), _opts(nw, ns))
 
     cfg = _pick(("mx", af, wf, dual, mb, n, kp), cands, run)
     run(cfg)
@@ -248,8 +279,8 @@ def mx_weight_dequant(w_q, w_s, kp, w_fmt: ElemFormat, out: torch.Tensor | None 
         out = torch.empty((n, kp), dtype=torch.bfloat16, device=w_q.device)
     nb = 8 if kp % 256 == 0 else 2
     w_t = w_q.view(torch.uint8) if w_fmt is E2M1 else w_q.view(torch.float8_e4m3fn)
-    K.mx_weight_dequant_kernel[(n, kp // (32 * nb))](w_t, w_s, out, kp, w_q.stride(0), w_s.stride(0), out.stride(0),
-                                                     W_FP4=w_fmt is E2M1, NB=nb, num_warps=4, **_launch_opts())
+    _MX_WDEQ((n, kp // (32 * nb)), (w_t, w_s, out, kp, w_q.stride(0), w_s.stride(0), out.stride(0), w_fmt is E2M1, nb),
+             _opts(4))
     return out
 
 

@@ -1,7 +1,12 @@
 """CUDA int8 kernels: fused Triton per-token (or static) int8 quantizer, Triton int8 GEMM with
-exact int32 accumulation and the NPU epilogue fused (exactness E0: bit-identical to the reference)."""
+exact int32 accumulation and the NPU epilogue fused (exactness E0: bit-identical to the reference).
+
+Opt-in small-M path (backend option ``gemv=1`` or ``OMNI_NPU_QUANT_CUDA_GEMV=1``; decided per layer at
+prepare): M <= 16 with per-channel weight scales runs ``jit/gemv.py``'s split-K int8 GEMV (int32
+partials, the same epilogue: still E0).  Off by default until the H200 probe has measured it."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +40,21 @@ class CudaInt8Prepared(PreparedLinear):
     act_offset: torch.Tensor | None = None
     quant_bias: torch.Tensor | None = None
     deq: torch.Tensor | None = None
+    gemv: bool = False  # M <= 16 through jit/gemv.py (chosen at prepare)
+
+
+def _gemv_on(kernel, p, n, k, n_groups):
+    """Prepare-time switch of the small-M int8 path (and its workspace)."""
+    opt = kernel.target.options.get("gemv")
+    if opt is None and os.environ.get("OMNI_NPU_QUANT_CUDA_GEMV", "0") in ("", "0"):
+        return p  # default: no triton import at prepare
+    from .jit import gemv
+
+    on = gemv.enabled(kernel.target.options.get("gemv")) and gemv.int8_supported(n_groups)
+    if on and kernel.torch_device.type == "cuda":
+        gemv.reserve(kernel.torch_device, n, k, kind="int8")
+    p.gemv = on
+    return p
 
 
 @register_kernel(10)
@@ -54,10 +74,11 @@ class CudaInt8Dynamic(CudaKernel):
             raise KernelRefusal(f"per-group size {gk} is not a multiple of 32")
         ms = tensors.get("mul_scale")
         bias = tensors.get("bias")
-        return CudaInt8Prepared(scheme, self, n, k, act_dtype, mode=NATIVE,
-                                bias=None if bias is None else bias.to(dev, F32).contiguous(),
-                                weight=tensors["weight"].to(dev).contiguous(), weight_scale=ws, group_k=gk,
-                                smooth=None if ms is None else effective_mul_scale(ms, act_dtype).to(dev).contiguous())
+        p = CudaInt8Prepared(scheme, self, n, k, act_dtype, mode=NATIVE,
+                             bias=None if bias is None else bias.to(dev, F32).contiguous(),
+                             weight=tensors["weight"].to(dev).contiguous(), weight_scale=ws, group_k=gk,
+                             smooth=None if ms is None else effective_mul_scale(ms, act_dtype).to(dev).contiguous())
+        return _gemv_on(self, p, n, k, ws.shape[1])
 
     def quantize_activation(self, p, x2):
         from .jit import ops
@@ -69,6 +90,11 @@ class CudaInt8Dynamic(CudaKernel):
         from .jit import ops
 
         qa = self.quantize_activation(p, x2)
+        if p.gemv and x2.shape[0] <= 16:
+            from .jit import gemv
+
+            return gemv.int8_gemv(qa["x_q"], p.weight, p.act_dtype, sx=qa["x_scale"], ws=p.weight_scale,
+                                  bias=p.bias if add_bias else None)
         return ops.int8_gemm(qa["x_q"], p.weight, p.act_dtype, sx=qa["x_scale"], ws=p.weight_scale,
                              bias=p.bias if add_bias else None, group_k=p.group_k)
 
@@ -86,12 +112,13 @@ class CudaInt8Static(CudaKernel):
         dev = self.dev
         scale, offset = I.static_act_operands(tensors["input_scale"], tensors["input_offset"], act_dtype)
         ms = tensors.get("mul_scale")
-        return CudaInt8Prepared(scheme, self, n, k, act_dtype, mode=NATIVE, bias=None,
-                                weight=tensors["weight"].to(dev).contiguous(),
-                                smooth=None if ms is None else effective_mul_scale(ms, act_dtype).to(dev).contiguous(),
-                                act_scale=scale.to(dev), act_offset=offset.to(dev),
-                                quant_bias=tensors["quant_bias"].to(dev, torch.int32).contiguous(),
-                                deq=I.effective_deq_scale(tensors["deq_scale"], act_dtype).to(dev).contiguous())
+        p = CudaInt8Prepared(scheme, self, n, k, act_dtype, mode=NATIVE, bias=None,
+                             weight=tensors["weight"].to(dev).contiguous(),
+                             smooth=None if ms is None else effective_mul_scale(ms, act_dtype).to(dev).contiguous(),
+                             act_scale=scale.to(dev), act_offset=offset.to(dev),
+                             quant_bias=tensors["quant_bias"].to(dev, torch.int32).contiguous(),
+                             deq=I.effective_deq_scale(tensors["deq_scale"], act_dtype).to(dev).contiguous())
+        return _gemv_on(self, p, n, k, 1)
 
     def quantize_activation(self, p, x2):
         from .jit import ops
@@ -102,5 +129,10 @@ class CudaInt8Static(CudaKernel):
         from .jit import ops
 
         q = self.quantize_activation(p, x2)["x_q"]
+        if p.gemv and x2.shape[0] <= 16:
+            from .jit import gemv
+
+            return gemv.int8_gemv(q, p.weight, p.act_dtype, quant_bias=p.quant_bias if add_bias else None,
+                                  deq=p.deq, static=True)
         return ops.int8_gemm(q, p.weight, p.act_dtype, quant_bias=p.quant_bias if add_bias else None, deq=p.deq,
                              static=True)

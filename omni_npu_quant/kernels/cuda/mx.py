@@ -7,6 +7,11 @@ for single-scale MX at M >= ``mx_prefill_m`` (1024) the activation is quantized-
 exact bf16 values and the weight decoded into a transient bf16 workspace, then cuBLAS runs the
 GEMM with fp32 output (still E1; faster at prefill on SM90 but it decodes the weight every call).
 
+Opt-in small-M path (backend option ``gemv=1`` or ``OMNI_NPU_QUANT_CUDA_GEMV=1``; decided per layer at
+prepare): M <= 16 runs ``jit/gemv.py`` (int32-word FP4 loads, fp16-bit-pattern E2M1 decode, GEMV form for
+M <= 4, split-K with a deterministic reduction; E1).  Off by default until the H200 probe
+(``tools/decode_probe.py``) has measured it.
+
 SM90 (H100/H200): tested; SM100: ``tl.dot_scaled`` lowers to the native MX MMA (untested); other
 families are refused, so the exact reference kernel runs on the GPU instead."""
 from __future__ import annotations
@@ -34,6 +39,7 @@ class CudaMXPrepared(PreparedLinear):
     kp: int = 0  # K padded to the GEMM's K tile (256; 512 for dual-scale)
     l0w: torch.Tensor | None = None  # dual-scale: fp32 (N, K/512)
     smooth: torch.Tensor | None = None  # effective mul_scale: fp32 (single-scale) / act dtype (dual)
+    gemv: bool = False  # M <= 16 through jit/gemv.py (chosen at prepare)
 
 
 @register_kernel(20)
@@ -82,12 +88,25 @@ class CudaMX(CudaKernel):
         p = CudaMXPrepared(scheme, self, n, k, act_dtype, mode=NATIVE,
                            bias=None if bias is None else bias.to(dev, F32).contiguous(), weight=wq, weight_scale=wsc,
                            kp=kp)
+        p.gemv = self._gemv_on()
+        if p.gemv and self.torch_device.type == "cuda":
+            from .jit import gemv
+
+            gemv.reserve(self.torch_device, n, kp, dual=bool(scheme.dual_level))
         if scheme.dual_level:
             p.l0w = scheme.weight_l0(tensors).to(dev).contiguous()
             p.smooth = None if ms is None else ms.to(act_dtype)
         else:
             p.smooth = ms
         return p
+
+    def _gemv_on(self) -> bool:
+        opt = self.target.options.get("gemv")
+        if opt is None and os.environ.get("OMNI_NPU_QUANT_CUDA_GEMV", "0") in ("", "0"):
+            return False  # default: no triton import at prepare
+        from .jit import gemv
+
+        return gemv.enabled(opt)
 
     def quantize_activation(self, p, x2):
         return self._storage(p, self._quantize(p, x2))
@@ -136,5 +155,10 @@ class CudaMX(CudaKernel):
             return (out if bias is None else out + bias).to(out_dtype)
         q, codes, l0 = self._quantize(p, x2)  # the quantizer quantize_activation reports, before its layout change
         a_fmt = s.act_fmt
+        if p.gemv and x2.shape[0] <= 16:
+            from .jit import gemv
+
+            return gemv.mx_gemv(q, codes, p.weight, p.weight_scale, p.n, p.kp, out_dtype, a_fmt.bits == 4,
+                                s.weight_fmt.bits == 4, bias=bias, l0x=l0, l0w=p.l0w)
         return ops.mx_gemm(q, codes, p.weight, p.weight_scale, p.n, p.kp, out_dtype, a_fmt, s.weight_fmt, bias=bias,
                            l0x=l0, l0w=p.l0w)

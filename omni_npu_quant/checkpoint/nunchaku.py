@@ -13,8 +13,8 @@ Per layer ``p`` nunchaku stores (nunchaku-tech/nunchaku ``nunchaku/models/linear
   ``pack_lowrank_weight`` order (16 x 16 packs); rank % 16 == 0.
 * ``p.wtscale`` (NVFP4 per-tensor alpha; ``alpha`` also accepted; default 1.0 as nunchaku's loader does).
 
-Every permutation is inverted by index arithmetic only (reshape / permute), so the canonical tensors hold exactly the
-stored bits.  Everything else in the files is returned as float tensors.  Files are read with ``safetensors``
+Every permutation is inverted by index arithmetic only (reshape / permute, ``numerics/nunchaku_layout.py``, which
+also holds the inverse direction ``to_nunchaku_layout``), so the canonical tensors hold exactly the stored bits.  Everything else in the files is returned as float tensors.  Files are read with ``safetensors``
 (no pickle).  Errors name the file and the tensor.
 """
 from __future__ import annotations
@@ -25,79 +25,19 @@ from pathlib import Path
 import torch
 
 from ..numerics.fp4 import pack_fp4
-from ..numerics.int4 import unpack_int4
+# the layouts themselves (both directions, index arithmetic only) live in numerics/nunchaku_layout.py
+from ..numerics.nunchaku_layout import (LOWRANK_PACK, TILE_K, WARP_N, NunchakuLayoutError, pack_lowrank,  # noqa: F401
+                                        pack_micro_scales, pack_vector, pack_weight, pack_wscales, to_nunchaku_layout,
+                                        unpack_lowrank, unpack_micro_scales, unpack_vector, unpack_weight,
+                                        unpack_wscales)
 
 __all__ = ["NunchakuError", "NunchakuCheckpoint", "load_nunchaku", "is_nunchaku", "unpack_weight", "unpack_wscales",
-           "unpack_micro_scales", "unpack_vector", "unpack_lowrank"]
-
-WARP_N = 128  # output rows per tile (warp_n)
-TILE_K = 64  # inputs per tile (comp_k for 4 bits)
-# weight tile view (n_tiles, num_n_packs, n_pack_size, num_n_lanes, reg_n, k_tiles, num_k_packs, k_pack_size,
-# num_k_lanes, reg_k) and the permutation nunchaku stores it in
-_W_DIMS = lambda n, k: (n // WARP_N, 8, 2, 8, 1, k // TILE_K, 1, 2, 4, 8)  # noqa: E731
-_W_PERM = (0, 5, 6, 1, 3, 8, 2, 7, 4, 9)
-_S_PERM = (0, 6, 1, 2, 4, 3, 5)  # pack_scale: (tiles, packs, lanes/4, pack/2, 4, 2, groups) -> stored
-_MS_PERM = (0, 5, 1, 4, 3, 2, 6)  # pack_micro_scale: (tiles, packs, pack, 4, 8, k/64, 4) -> stored
-_LR_PERM = (0, 1, 3, 6, 2, 5, 4, 7)  # pack_lowrank_weight, inside each 16 x 16 pack
-_LR_DIMS = (2, 8, 1, 2, 4, 2)  # n_pack_size, num_n_lanes, reg_n, k_pack_size, num_k_lanes, reg_k
-LOWRANK_PACK = 16
+           "unpack_micro_scales", "unpack_vector", "unpack_lowrank", "pack_weight", "pack_wscales",
+           "pack_micro_scales", "pack_vector", "pack_lowrank", "to_nunchaku_layout"]
 
 
-class NunchakuError(ValueError):
+class NunchakuError(NunchakuLayoutError):
     """A nunchaku checkpoint that does not match the format; the message names the file and tensor."""
-
-
-def _inverse(perm):
-    inv = [0] * len(perm)
-    for i, p in enumerate(perm):
-        inv[p] = i
-    return tuple(inv)
-
-
-def _unpermute(flat: torch.Tensor, dims, perm) -> torch.Tensor:
-    """The tensor of shape ``dims`` whose ``.permute(perm)`` flattened is ``flat``."""
-    stored = tuple(dims[p] for p in perm)
-    return flat.reshape(stored).permute(_inverse(perm))
-
-
-def unpack_weight(qweight: torch.Tensor, *, signed: bool) -> torch.Tensor:
-    """int8 [N, K/2] tile-packed nibbles -> row-major [N, K]: signed int4 values (int8) or 4-bit codes (uint8)."""
-    n, half = qweight.shape
-    k = 2 * half
-    words = qweight.contiguous().view(torch.int32)  # little-endian: 4 bytes = 8 nibbles, nibble i at bits 4i
-    nib = unpack_int4(words).reshape(-1)  # sign-extended, in stored order
-    w = _unpermute(nib, _W_DIMS(n, k), _W_PERM).reshape(n, k)
-    return w.to(torch.int8) if signed else (w & 0xF).to(torch.uint8)
-
-
-def unpack_wscales(ws: torch.Tensor, n: int) -> torch.Tensor:
-    """INT4 ``wscales`` [G, N] (``pack_scale`` order) -> [N, G]."""
-    g = ws.numel() // n
-    t = _unpermute(ws.reshape(-1), (n // WARP_N, 1, 8, 2, 4, 2, g), _S_PERM)
-    return t.reshape(n, g)
-
-
-def unpack_vector(v: torch.Tensor) -> torch.Tensor:
-    """A "packed ws" vector [L] (one-group ``pack_scale`` order) -> [L]."""
-    n = v.numel()
-    return _unpermute(v.reshape(-1), (n // WARP_N, 1, 8, 2, 4, 2, 1), _S_PERM).reshape(n)
-
-
-def unpack_micro_scales(ws: torch.Tensor, n: int) -> torch.Tensor:
-    """NVFP4 ``wscales`` [K/16, N] (``pack_micro_scale`` order) -> [N, K/16]."""
-    g = ws.numel() // n
-    t = _unpermute(ws.reshape(-1), (n // WARP_N, 1, 4, 4, 8, g // 4, 4), _MS_PERM)
-    return t.reshape(n, g)
-
-
-def unpack_lowrank(w: torch.Tensor, *, down: bool) -> torch.Tensor:
-    """``proj_down`` [K, r] -> L1 [r, K]; ``proj_up`` [N, r] -> L2 [N, r] (``pack_lowrank_weight`` inverted)."""
-    c, r = w.shape
-    cp, rp = c // LOWRANK_PACK, r // LOWRANK_PACK
-    packs = _unpermute(w.reshape(-1), (cp, rp) + _LR_DIMS, _LR_PERM).reshape(cp, rp, LOWRANK_PACK, LOWRANK_PACK)
-    if down:  # stored from (r_packs, 16, c_packs, 16).permute(2, 0, 1, 3)
-        return packs.permute(1, 2, 0, 3).reshape(r, c)
-    return packs.permute(0, 2, 1, 3).reshape(c, r)  # from (c_packs, 16, r_packs, 16).permute(0, 2, 1, 3)
 
 
 @dataclass

@@ -43,6 +43,8 @@ def _cuda_linear_fake(x2, handle, add_bias):
 SM90_VERIFIED = ("tested on an H200 (SM90): tests/backends/cuda -m gpu, quantizer bytes and outputs vs the reference, "
                  "2026-11-21")
 CUDA_DOC = "documented only (cuda_mirror.md section 4; CUDA backend tests decide)"
+UNTESTED = ("untested on a GPU: CPU tests only (call contract against a fake of the compiled op, refusal reasons); "
+            "exactness stated from the library's source")
 
 
 def triton_available() -> bool:

@@ -52,6 +52,17 @@ class CudaMXFp8Prepared(CudaMXPrepared):
     bias_bf16: torch.Tensor | None = None  # torch._scaled_mm takes a bf16 bias
 
 
+_JIT = None
+
+
+def _load_jit():
+    global _JIT
+    from .jit import fp8tc, ops
+
+    _JIT = (fp8tc, ops)
+    return _JIT
+
+
 DECODE_M = 16  # at M <= 16 the Triton FP8 GEMM beat torch._scaled_mm on the H200 (2026-12-01 bench)
 _SCALED_MM_OK: dict = {}
 
@@ -154,7 +165,7 @@ class CudaMXFp8TC(CudaMX):
     def quantize_activation(self, p, x2):
         if x2.shape[0] < p.min_m:
             return super().quantize_activation(p, x2)
-        from .jit import fp8tc, ops
+        fp8tc, ops = _JIT or _load_jit()
 
         s = p.scheme
         q, codes, _, _ = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
@@ -164,7 +175,7 @@ class CudaMXFp8TC(CudaMX):
     def _apply(self, p, x2, add_bias=True):
         if x2.shape[0] < p.min_m:
             return super()._apply(p, x2, add_bias)
-        from .jit import fp8tc, ops
+        fp8tc, ops = _JIT or _load_jit()  # imported once, not per call
 
         s = p.scheme
         _, _, xr, sx = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
@@ -174,4 +185,5 @@ class CudaMXFp8TC(CudaMX):
                                     scale_a=sx.view(-1, 1), scale_b=p.sw_row,
                                     bias=p.bias_bf16 if add_bias else None, out_dtype=torch.bfloat16)
         return fp8tc.fp8_rowwise_gemm(xr, sx, p.wr, p.sw, p.n, p.kp, p.act_dtype, bias=p.bias if add_bias else None,
-                                      pick=ops._pick, m_bucket=ops.m_bucket, launch_opts=ops._launch_opts())
+                                      pick=ops._pick, m_bucket=ops.m_bucket, launch_opts=ops._launch_opts(),
+                                      tuned=ops._TUNED)

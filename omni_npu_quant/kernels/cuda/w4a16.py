@@ -52,6 +52,17 @@ def twin_w4a16_gemm(x2, qw, scale, zp, group_k, bias=None):
     return out.to(x2.dtype)
 
 
+_JIT = None
+
+
+def _load_jit():
+    global _JIT
+    from .jit import w4a16
+
+    _JIT = w4a16
+    return w4a16
+
+
 @dataclass
 class CudaW4A16Prepared(PreparedLinear):
     qweight: torch.Tensor | None = None  # int32 (K/8, N) unsigned nibbles along K
@@ -99,8 +110,7 @@ class CudaW4A16(CudaKernel):
         return {}  # activations stay in float
 
     def _apply(self, p, x2, add_bias=True):
-        from .jit import w4a16 as J
-
+        J = _JIT or _load_jit()  # the Triton module, imported once (not per call)
         self.quantize_activation(p, x2)
         xs = apply_mul_scale(x2, p.mul_scale)
         if p.perm is not None:

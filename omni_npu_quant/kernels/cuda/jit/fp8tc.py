@@ -163,7 +163,7 @@ FP8_TABLE = {
 
 
 def fp8_rowwise_gemm(xr, sx, wr, sw, n, kp, out_dtype, *, bias=None, pick=None, m_bucket=None, launch_opts=None,
-                     out=None):
+                     out=None, tuned=None):
     """E4M3 (M, kp) x E4M3 (N, kp) with fp32 row scales -> (M, N) out_dtype."""
     m = xr.shape[0]
     if out is None:
@@ -173,7 +173,6 @@ def fp8_rowwise_gemm(xr, sx, wr, sw, n, kp, out_dtype, *, bias=None, pick=None, 
     a = xr.view(torch.float8_e4m3fn)
     w = wr.view(torch.float8_e4m3fn)
     mb = m_bucket(m) if m_bucket else 4096
-    cands = [c for c in FP8_TABLE[mb] if kp % c[2] == 0] or [(16, 64, 64, 1, 4, 3, 64)]
     opts = launch_opts or {}
 
     def run(cfg):
@@ -182,7 +181,11 @@ def fp8_rowwise_gemm(xr, sx, wr, sw, n, kp, out_dtype, *, bias=None, pick=None, 
             a, w, sx, sw, bias if bias is not None else sx, out, m, n, kp, a.stride(0), w.stride(0), out.stride(0),
             bias is not None, bm, bn, bk, gm, min(pr, bk)), _opt_tuple(nw, ns, opts))
 
-    cfg = cands[0] if pick is None else pick(("fp8tc", mb, n, kp), cands, run)
+    pk = ("fp8tc", mb, n, kp)
+    cfg = tuned.get(pk) if tuned is not None else None  # ``pick``'s own cache: no candidate list per call
+    if cfg is None:
+        cands = [c for c in FP8_TABLE[mb] if kp % c[2] == 0] or [(16, 64, 64, 1, 4, 3, 64)]
+        cfg = cands[0] if pick is None else pick(pk, cands, run)
     run(cfg)
     return out
 

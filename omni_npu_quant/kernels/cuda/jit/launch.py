@@ -148,12 +148,42 @@ def _make_key_fn(params):
     return ns["key"]
 
 
+def _kind(a) -> str:
+    if type(a) is int:
+        return "i"
+    if isinstance(a, _T):
+        return "t"
+    return "o"
+
+
+def _make_typed_key_fn(params, kinds: str):
+    """Key function for the argument types seen at the first launch (``kinds``: c constexpr, t tensor, i int,
+    o other), ``key(opts, dev, *args)`` -> a flat tuple; same tokens as ``_token``, cheaper.  An argument of
+    another type than seen raises (AttributeError / TypeError) and the caller uses the generic key."""
+    names = [f"a{i}" for i in range(len(params))]
+    parts = ["opts", "dev", repr("k:" + kinds)]
+    for a, kd in zip(names, kinds):
+        if kd == "c":
+            parts.append(a)
+        elif kd == "t":
+            parts.append(f"{a}.dtype, {a}.data_ptr() & 15 == 0")
+        elif kd == "i":
+            parts.append(f"((None if {a} == 1 else {a} & 15 == 0) if type({a}) is int and "
+                         f"-2147483648 <= {a} <= 2147483647 else _token({a}))")
+        else:
+            parts.append(f"_token({a})")
+    src = f"def key(opts, dev, {', '.join(names)}):\n    return ({', '.join(parts)},)\n"
+    ns = {"_token": _token}
+    exec(src, ns)  # noqa: S102 - generated from the kernel's own parameter list
+    return ns["key"]
+
+
 class FastKernel:
     """One Triton kernel launched as ``fk(grid, args, opts)``: ``args`` every parameter of the kernel,
     constexprs included, positionally in signature order; ``opts`` the launch options as a tuple of
     (name, value) pairs (``num_warps``, ``num_stages``, ...)."""
 
-    __slots__ = ("fn", "name", "enabled", "cache", "_key", "_nparams", "_pre_hooks")
+    __slots__ = ("fn", "name", "enabled", "cache", "_key", "_tkey", "_nparams", "_pre_hooks")
 
     def __init__(self, fn, *, enabled: bool | None = None):
         self.fn = fn
@@ -168,26 +198,47 @@ class FastKernel:
             on = False
         self.enabled = on
         self._nparams = len(params) if params is not None else -1
-        self._key = _make_key_fn(params) if on else None
+        self._key = _make_key_fn(params) if on else None  # generic (any argument types)
+        self._tkey = None  # typed, built at the first launch
         self._pre_hooks = getattr(fn, "pre_run_hooks", None)
 
     def slow(self, grid, args, opts=()):
         """Triton's own launch (compiles on a cache miss); returns what ``fn[grid]`` returns."""
         return self.fn[grid](*args, **dict(opts))
 
+    def key(self, args, opts=(), dev=0):
+        """The cache key of a launch (typed key when the argument types are the first launch's, else generic)."""
+        tk = self._tkey
+        if tk is None:
+            if len(args) != self._nparams:
+                raise TypeError(f"{self.name}: fast launch takes all {self._nparams} parameters positionally, "
+                                f"got {len(args)}")
+            kinds = "".join("c" if p.is_constexpr else _kind(a) for p, a in zip(self.fn.params, args))
+            tk = self._tkey = _make_typed_key_fn(self.fn.params, kinds)
+        try:
+            return tk(opts, dev, *args)
+        except (AttributeError, TypeError):
+            if len(args) != self._nparams:
+                raise TypeError(f"{self.name}: fast launch takes all {self._nparams} parameters positionally, "
+                                f"got {len(args)}") from None
+            return (opts, dev, self._key(*args))
+
     def __call__(self, grid, args, opts=()):
         if not self.enabled:
             return self.fn[grid](*args, **dict(opts))
         dev = _cuda_device()
-        try:
-            key = (opts, dev, self._key(*args))
-        except TypeError:
-            if len(args) != self._nparams:
-                raise TypeError(f"{self.name}: fast launch takes all {self._nparams} parameters positionally, "
-                                f"got {len(args)}") from None
-            raise
+        tk = self._tkey
+        if tk is not None:
+            try:
+                key = tk(opts, dev, *args)
+            except (AttributeError, TypeError):
+                key = self.key(args, opts, dev)
+        else:
+            key = self.key(args, opts, dev)
         ent = self.cache.get(key)
-        if ent is None or not _hooks_idle() or self._pre_hooks:
+        rt = _RT
+        if (ent is None or self._pre_hooks or rt.launch_enter_hook is not _ENTER or rt.launch_exit_hook is not _EXIT
+                or _ENTER.calls or _EXIT.calls):
             return self._first(key, grid, args, opts)
         launch, head = ent
         n = len(grid)
@@ -200,9 +251,6 @@ class FastKernel:
         return None
 
     def _first(self, key, grid, args, opts):
-        if len(args) != self._nparams:
-            raise TypeError(f"{self.name}: fast launch takes all {self._nparams} parameters positionally, "
-                            f"got {len(args)}")
         kernel = self.fn[grid](*args, **dict(opts))
         if key in self.cache or not _hooks_idle() or self._pre_hooks:
             return kernel
@@ -254,6 +302,7 @@ def set_enabled(on: bool) -> bool:
             fk._key = _make_key_fn(fk.fn.params)
         fk.enabled = ok
         fk.cache.clear()
+        fk._tkey = None
     return on
 
 

@@ -221,9 +221,6 @@ def int8_gemm(q: torch.Tensor, w: torch.Tensor, out_dtype, *, sx=None, ws=None, 
     group_k = group_k or k
     n_groups = k // group_k
     mb = m_bucket(m)
-    cands = INT8_TABLE[mb]
-    if n_groups > 1:  # a K block must not straddle two groups
-        cands = [c[:2] + (min(c[2], group_k & -group_k),) + c[3:] for c in cands]
     dummy = q
     has_bias = (quant_bias is not None) if static else (bias is not None)
 
@@ -236,7 +233,13 @@ def int8_gemm(q: torch.Tensor, w: torch.Tensor, out_dtype, *, sx=None, ws=None, 
             ws.stride(0) if ws is not None else 0,
             1 if static else 0, has_bias, group_k, n_groups, bm, bn, bk, gm), _opts(nw, ns))
 
-    cfg = _pick(("int8", mb, n, k, static, n_groups), cands, run)
+    pk = ("int8", mb, n, k, static, n_groups)
+    cfg = _TUNED.get(pk)
+    if cfg is None:  # candidates built on the first call of a shape only
+        cands = INT8_TABLE[mb]
+        if n_groups > 1:  # a K block must not straddle two groups
+            cands = [c[:2] + (min(c[2], group_k & -group_k),) + c[3:] for c in cands]
+        cfg = _pick(pk, cands, run)
     run(cfg)
     return out
 
@@ -252,7 +255,6 @@ def mx_gemm(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt: ElemFormat, w_fmt: Elem
         return _decode.mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt is E2M1, w_fmt is E2M1, bias=bias,
                                       l0x=l0x, l0w=l0w, pick=_pick, launch_opts=_launch_opts())
     mb = m_bucket(m)
-    cands = [c for c in MX_TABLE[mb] if kp % c[2] == 0 and (not dual or 512 % c[2] == 0)] or [(16, 64, 64, 1, 4, 3)]
     af = "e2m1" if a_fmt is E2M1 else "e4m3"
     wf = "e2m1" if w_fmt is E2M1 else "e4m3"
     a_t = a_q.view(torch.float8_e4m3fn) if af == "e4m3" else a_q
@@ -267,7 +269,11 @@ def mx_gemm(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt: ElemFormat, w_fmt: Elem
             l0x.stride(0) if dual else 0, l0w.stride(0) if dual else 0,
             af, wf, dual, bias is not None, bm, bn, bk, gm), _opts(nw, ns))
 
-    cfg = _pick(("mx", af, wf, dual, mb, n, kp), cands, run)
+    pk = ("mx", af, wf, dual, mb, n, kp)
+    cfg = _TUNED.get(pk)
+    if cfg is None:
+        cands = [c for c in MX_TABLE[mb] if kp % c[2] == 0 and (not dual or 512 % c[2] == 0)] or [(16, 64, 64, 1, 4, 3)]
+        cfg = _pick(pk, cands, run)
     run(cfg)
     return out
 

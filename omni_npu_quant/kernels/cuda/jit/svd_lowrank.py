@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import fast as _fast
+
 F32 = torch.float32
 
 
@@ -47,6 +49,10 @@ def _lowrank_add_kernel(x_ptr, l1_ptr, l2_ptr, res_ptr, out_ptr, M, N, K, R,
     tl.store(out_ptr + rm[:, None] * som + rn[None, :], acc, mask=omask)
 
 
+_LOWRANK = _fast(_lowrank_add_kernel)
+_OPTS = () if os.environ.get("TRITON_INTERPRET") == "1" else (("num_warps", 4),)
+
+
 def lowrank_add(x2: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
     """fp32 (M, N) = res + round_act(x2 . l1^T) . l2^T; x2 (M, K), l1 (R, K), l2 (N, R) in one dtype, res fp32."""
     m, k = x2.shape
@@ -65,8 +71,6 @@ def lowrank_add(x2: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, res: torch
     block_m = 16 if m <= 16 else 64
     block_n, block_k = 64, 64
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
-    opts = {} if os.environ.get("TRITON_INTERPRET") == "1" else {"num_warps": 4}
-    _lowrank_add_kernel[grid](x2, l1, l2, res, out, m, n, k, r, x2.stride(0), l1.stride(0), l2.stride(0),
-                              res.stride(0), out.stride(0), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                              BLOCK_R=block_r, IEEE=x2.dtype == F32, **opts)
+    _LOWRANK(grid, (x2, l1, l2, res, out, m, n, k, r, x2.stride(0), l1.stride(0), l2.stride(0), res.stride(0),
+                    out.stride(0), block_m, block_n, block_k, block_r, x2.dtype == F32), _OPTS)
     return out

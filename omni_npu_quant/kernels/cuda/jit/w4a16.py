@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from . import ops as _ops
+from .launch import fast as _fast
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
 W4A16_TABLE = {
@@ -74,6 +75,9 @@ def w4a16_gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, b_ptr, out_ptr, M, N, K, stri
              mask=m_ok[:, None] & n_ok[None, :])
 
 
+_W4A16 = _fast(w4a16_gemm_kernel)
+
+
 def w4a16_gemm(x2: torch.Tensor, qw: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, group_k: int,
                bias: torch.Tensor | None = None) -> torch.Tensor:
     """x2 (M, K) bf16/fp16 contiguous; qw int32 (K/8, N); scale / zp fp32 (G, N); bias fp32 (N,) or None."""
@@ -83,18 +87,20 @@ def w4a16_gemm(x2: torch.Tensor, qw: torch.Tensor, scale: torch.Tensor, zp: torc
     if m == 0:
         return out
     mb = _ops.m_bucket(m)
-    cands = W4A16_TABLE[mb]
-    if group_k < k:  # per group: a K block must not straddle two groups
-        cands = [c[:2] + (min(c[2], group_k & -group_k),) + c[3:] for c in cands]
 
     def run(cfg):
         bm, bn, bk, gm, nw, ns = cfg
-        w4a16_gemm_kernel[(triton.cdiv(m, bm) * triton.cdiv(n, bn),)](
+        _W4A16((_ops.cdiv(m, bm) * _ops.cdiv(n, bn),), (
             x2, qw, scale, zp if zp is not None else scale, bias if bias is not None else scale, out, m, n, k,
-            x2.stride(0), qw.stride(0), scale.stride(0), out.stride(0), GROUP_K=group_k, HAS_ZP=zp is not None,
-            HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=nw, num_stages=ns,
-            **_ops._launch_opts())
+            x2.stride(0), qw.stride(0), scale.stride(0), out.stride(0), group_k, zp is not None,
+            bias is not None, bm, bn, bk, gm), _ops._opts(nw, ns))
 
-    cfg = _ops._pick(("w4a16", mb, n, k, group_k, zp is not None), cands, run)
+    pk = ("w4a16", mb, n, k, group_k, zp is not None)
+    cfg = _ops._TUNED.get(pk)
+    if cfg is None:  # candidates built on the first call of a shape only
+        cands = W4A16_TABLE[mb]
+        if group_k < k:  # per group: a K block must not straddle two groups
+            cands = [c[:2] + (min(c[2], group_k & -group_k),) + c[3:] for c in cands]
+        cfg = _ops._pick(pk, cands, run)
     run(cfg)
     return out

@@ -49,7 +49,7 @@ GEMLITE = ("A8W8_int8_dynamic", "A16W8_MXFP", "A16W4_MXFP", "A8W4_MXFP_dynamic")
 # Triton FP8 GEMM of cuda.mx_fp8tc at decode (fp8tc_gemm="auto"), and the CUTLASS entry when it imports.
 CASES = {
     "w8a8_dynamic": ("w8a8_dynamic", None, {}, None),
-    "w8a8_dynamic[cuda.cutlass_w8a8]": ("w8a8_dynamic", "cuda.cutlass_w8a8", {}, None),
+    "w8a8_dynamic[cuda.cutlass_w8a8]": ("w8a8_dynamic", "cuda.cutlass_w8a8", {"cutlass": "on"}, None),
     "mxfp8": ("mxfp8", None, {}, None),
     "mxfp8[cuda.mx]": ("mxfp8", "cuda.mx", {}, None),
     "mxfp4": ("mxfp4", None, {}, None),

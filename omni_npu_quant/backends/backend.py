@@ -43,6 +43,11 @@ class Backend(LinearBackend):
         self.pinned = kernel
         self.options = options
         self._kernels: list[LinearKernel] | None = None
+        # per-call fast path of apply (input already on the device, in the dtype, contiguous): the CPU or a CUDA
+        # device with an index compare devices; plain "cuda" compares with the current device; others: general path
+        td = str(torch_device)
+        self._fixed_dev = torch.device(td) if td == "cpu" or td.startswith("cuda:") else None
+        self._plain_cuda = td == "cuda"
 
     # ---- target -----------------------------------------------------------------------
     @property
@@ -143,11 +148,28 @@ class Backend(LinearBackend):
 
     def apply(self, p: PreparedLinear, x: torch.Tensor, *, add_bias: bool = True) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = self._as_2d(p, x)
+        k = p.k
+        if x.shape[-1] != k:
+            raise ValueError(f"input has {x.shape[-1]} features, layer expects K={k}")
+        # fast path (no .to() / device parsing per call): already in the layer's dtype, on its device, contiguous
+        if x.dtype == p.act_dtype and x.is_contiguous() and self._on_device(x):
+            x2 = x.view(-1, k)
+        else:
+            x2 = x.reshape(-1, k).to(self._torch_device, p.act_dtype).contiguous()
         if x2.shape[0] == 0:  # an empty batch needs no kernel (some device ops refuse M = 0)
             return torch.empty(*lead, p.n, dtype=x.dtype, device=x2.device)
         out = p.kernel.apply(p, x2, add_bias)
-        return out.to(x.dtype).reshape(*lead, p.n)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return out.view(*lead, p.n) if out.is_contiguous() else out.reshape(*lead, p.n)
+
+    def _on_device(self, x: torch.Tensor) -> bool:
+        d = self._fixed_dev
+        if d is not None:
+            return x.device == d
+        if not self._plain_cuda or not x.is_cuda or torch.compiler.is_compiling():  # e.g. "npu": the general path
+            return False
+        return x.get_device() == torch.cuda.current_device()
 
     def __repr__(self) -> str:
         return f"<backend {self.name} ({self.device_info.label})>"

@@ -94,7 +94,8 @@ def quantize_member(scheme: Scheme, weight: torch.Tensor, bias: torch.Tensor | N
         m = torch.ones_like(stats.amin) if mul_scale is None else mul_scale
         lo, hi = stats.amin * m, stats.amax * m  # m > 0 keeps min <= max per channel
         kw = {"act_min": float(lo.min()), "act_max": float(hi.max())}
-    t = scheme.quantize_weight(w, None if bias is None else bias.detach(), **kw)
+    # scales computed in the model dtype, as msModelSlim does (numerics.int8), though w is fp32 here
+    t = scheme.quantize_weight(w, None if bias is None else bias.detach(), model_dtype=weight.dtype, **kw)
     if scheme.bias_in_quant_bias and bias is not None:
         t["bias"] = bias.detach().to(F32)  # msModelSlim keeps the fp32 float bias (folded into quant_bias)
     if mul_scale is not None:

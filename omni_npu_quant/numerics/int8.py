@@ -5,7 +5,13 @@
   ``q = clamp(rint(fp32(x * inv)), -127, 127)``, ``scale = fp32(amax * fp32(1/127))``.
   All-zero rows: q = 0, scale = 0 (the hardware would produce 0 * inf = NaN; we define it).
   Non-finite rows: q = 0 where the product is NaN; the scale carries the Inf/NaN.
-  The same rule quantizes weights per output channel (vllm-omni does this on the NPU).
+* ``quantize_weight_int8``: msModelSlim 26.1.0's symmetric per-channel weight rule, with the scale
+  computed in the model dtype D (``calculate_int_qparam`` in ``msmodelslim/ir/api/impl/int_quantization.py``,
+  run on D weights): ``scale = max(D(amax) / 127, D(fp32 eps))`` evaluated in D, stored as fp32 (so its value
+  is exact in D: vllm-ascend loads it into a D parameter without rounding).  ``q = clamp(rint(fp32(w) /
+  fp32(scale)), -128, 127)``; msModelSlim divides in D first (``int_quantize``), which moves ~8% of bf16
+  (~1% of fp16) int8 weights by one step and raises the weight error ~6% for bf16: we divide in fp32.
+* ``static_act_params``: msModelSlim's asymmetric per-tensor activation parameters, in D as well.
 * ``static_quant_int8``: ``npu_quantize(div_mode=False)`` / AscendQuantV3:
   ``v = fp32(fp32(x) * fp32(scale)) + fp32(offset)``, ``q = clamp(rint(v), -128, 127)``.
 * int64 ``deq_scale``: msModelSlim stores the fp32 bit pattern read as int32, sign-extended
@@ -21,7 +27,8 @@ from .constants import FP19_MASK, INT8_MAX, INT8_MIN, INT8_QMAX, TRANS_QUANT_PAR
 __all__ = [
     "dynamic_quant_int8", "quantize_weight_int8", "static_quant_int8", "dequantize_int8",
     "fp19_truncate", "deq_scale_to_int64", "trans_quant_param", "decode_deq_scale", "int64_deq_scale_to_fp32",
-    "int8_matmul", "static_act_params", "deq_scale_fp32", "effective_deq_scale", "static_act_operands", "group_size_of",
+    "int8_matmul", "static_act_params", "static_deq_scale", "scale_dtype", "weight_scale_int8", "deq_scale_fp32",
+    "effective_deq_scale", "static_act_operands", "group_size_of",
     "grouped_int8_matmul",
 ]
 
@@ -43,9 +50,33 @@ def dynamic_quant_int8(x: torch.Tensor, smooth: torch.Tensor | None = None) -> t
     return q, scale
 
 
-def quantize_weight_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, K) float weight -> int8 (N, K) and fp32 per-channel scale (N, 1); same rule as above."""
-    q, s = dynamic_quant_int8(w)
+def scale_dtype(model_dtype: torch.dtype | None, weight: torch.Tensor | None = None) -> torch.dtype:
+    """The dtype msModelSlim computes int8 scales in: the model dtype when it is bf16 or fp16 (``model_dtype``,
+    else the weight's dtype), fp32 otherwise."""
+    d = model_dtype if model_dtype is not None else (weight.dtype if weight is not None else torch.float32)
+    return d if d in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def _eps(d: torch.dtype, device=None) -> torch.Tensor:
+    # msModelSlim: torch.tensor([finfo(float32).eps]).type_as(min_val); 2**-23 is exact in bf16, fp16 (subnormal), fp32
+    return torch.tensor([torch.finfo(torch.float32).eps], device=device).to(d)
+
+
+def weight_scale_int8(amax: torch.Tensor, model_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Symmetric int8 scale of a row amax, msModelSlim's way: ``max(D(amax) / 127, D(eps))`` in D, as fp32."""
+    d = scale_dtype(model_dtype, amax)
+    a = amax.to(torch.float32).to(d)
+    return torch.max(a / float(INT8_QMAX), _eps(d, a.device)).to(torch.float32)
+
+
+def quantize_weight_int8(w: torch.Tensor, model_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float weight -> int8 (N, K) and fp32 per-channel scale (N, 1) whose values are msModelSlim's
+    (computed in ``model_dtype``, default: the weight's dtype when bf16/fp16, else fp32); see the module doc."""
+    wf = w.to(torch.float32)
+    s = weight_scale_int8(wf.abs().amax(dim=-1), scale_dtype(model_dtype, w))
+    p = wf / s.unsqueeze(-1)
+    p = torch.where(torch.isnan(p), torch.zeros_like(p), p)
+    q = torch.round(p).clamp(INT8_MIN, INT8_MAX).to(torch.int8)
     return q, s.unsqueeze(-1)
 
 
@@ -129,20 +160,31 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
 
 
 # ---- static W8A8 parameters (msModelSlim W8A8) -------------------------------------------
-def static_act_params(act_min: float, act_max: float) -> tuple[float, float]:
-    """msModelSlim's asymmetric int8 activation parameters (signed zero point).
+def static_act_params(act_min: float, act_max: float, model_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """msModelSlim's asymmetric int8 activation parameters (signed zero point), computed in the model dtype D
+    (bf16/fp16, else fp32) as ``calculate_int_qparam`` does on D activations: with ``lo = min(D(act_min), 0)``,
+    ``hi = max(D(act_max), 0)``: ``scale = max(hi / 255 - lo / 255, D(eps))``, ``offset = rint(-lo / scale) - 128``,
+    every step rounded to D.  Two deliberate differences: an all-zero range gives scale 1.0 (msModelSlim's eps
+    would make ``1/input_scale`` overflow fp16), and the offset is clamped to int8 [-128, 127] (vllm-ascend
+    loads it into an int8 parameter).  Returns ``(input_scale, input_offset)`` as Python floats (exact in D)."""
+    d = scale_dtype(model_dtype)
+    lo = torch.clamp(torch.tensor([float(act_min)], dtype=torch.float32).to(d), max=0.0)
+    hi = torch.clamp(torch.tensor([float(act_max)], dtype=torch.float32).to(d), min=0.0)
+    if float(hi[0]) == 0.0 and float(lo[0]) == 0.0:
+        return 1.0, -128.0
+    scale = torch.max(hi / 255 - lo / 255, _eps(d))
+    offset = (-1 * lo / scale).round() + (-128)
+    off = max(-128.0, min(127.0, float(offset[0])))
+    return float(scale[0]), off
 
-    ``scale = (max - min) / 255``; ``offset = round(-min / scale) - 128``; the range always
-    contains 0.  Returns fp32-representable ``(input_scale, input_offset)``.
-    """
-    lo, hi = min(act_min, 0.0), max(act_max, 0.0)
-    scale = (hi - lo) / 255.0
-    if scale == 0.0:
-        scale = 1.0
-    scale = float(torch.tensor(scale, dtype=torch.float32))
-    offset = float(round(-lo / scale) - 128)
-    offset = max(-128.0, min(127.0, offset))
-    return scale, offset
+
+def static_deq_scale(input_scale: float, weight_scale: torch.Tensor,
+                     model_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """msModelSlim's W8A8 ``deq_scale`` = ``input_scale * weight_scale`` evaluated in D (bf16/fp16, else fp32), as
+    fp32 (the saver's ``deq_scale.to(float32)``; the int64 form for fp16 models is ``deq_scale_to_int64`` of it)."""
+    d = scale_dtype(model_dtype)
+    ws = weight_scale.to(torch.float32).to(d)
+    return (torch.tensor([float(input_scale)], dtype=torch.float32, device=ws.device).to(d) * ws).to(torch.float32)
 
 
 def deq_scale_fp32(deq: torch.Tensor) -> torch.Tensor:

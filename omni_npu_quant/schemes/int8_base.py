@@ -83,8 +83,10 @@ class Int8WeightScheme(Scheme):
         check_group_count(k, scale_groups(tensors), loc)
         check_scale_values(tensors, loc)
 
-    def quantize_weight(self, weight, bias=None, **calib):
-        q, s = I.quantize_weight_int8(weight)
+    def quantize_weight(self, weight, bias=None, *, model_dtype=None, **calib):
+        """``model_dtype``: the dtype msModelSlim would compute the scale in (the model's; default: the weight's
+        dtype when bf16/fp16, else fp32), so the fp32 ``weight_scale`` holds msModelSlim's values."""
+        q, s = I.quantize_weight_int8(weight, model_dtype)
         out = {"weight": q, "weight_scale": s, "weight_offset": torch.zeros_like(s)}
         if bias is not None:
             out["bias"] = bias.to(F32)

@@ -64,13 +64,17 @@ class W8A8Static(Scheme):
             raise SchemeValidationError(f"{loc}tensor 'deq_scale' must be > 0 (0 only for an all-zero weight row); "
                                         f"{ds[bad].flatten()[:4].tolist()} at rows {bad.nonzero().flatten()[:4].tolist()}")
 
-    def quantize_weight(self, weight, bias=None, *, act_min=None, act_max=None, deq_scale_dtype=F32, **calib):
-        """Needs the activation range (``act_min``, ``act_max``) from calibration."""
+    def quantize_weight(self, weight, bias=None, *, act_min=None, act_max=None, deq_scale_dtype=F32, model_dtype=None,
+                        **calib):
+        """Needs the activation range (``act_min``, ``act_max``) from calibration.  ``input_scale``, the weight
+        scale and ``deq_scale`` are computed in ``model_dtype`` as msModelSlim does (default: the weight's dtype
+        when bf16/fp16, else fp32; ``numerics.int8``); ``quant_bias`` from them in float64."""
         if act_min is None or act_max is None:
             raise ValueError("w8a8_static needs calibration: pass act_min= and act_max= (floats)")
-        input_scale, input_offset = I.static_act_params(float(act_min), float(act_max))
-        q, ws = I.quantize_weight_int8(weight)
-        deq = (input_scale * ws.squeeze(-1)).to(F32)
+        d = I.scale_dtype(model_dtype, weight)
+        input_scale, input_offset = I.static_act_params(float(act_min), float(act_max), d)
+        q, ws = I.quantize_weight_int8(weight, d)
+        deq = I.static_deq_scale(input_scale, ws.squeeze(-1), d)
         rowsum = q.to(torch.float64).sum(-1)
         b = bias.to(torch.float64) if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
         qb = torch.round(b / deq.to(torch.float64) - rowsum * float(input_offset)).clamp(-2**31, 2**31 - 1).to(I32)

@@ -113,6 +113,7 @@ def test_static_range_matches_stats(tmp_path):
             lm.model(*args, **kw)
     h.remove()
     xs = torch.cat([s.reshape(-1, 512) for s in seen])
-    scale, offset = static_act_params(float(xs.min()), float(xs.max()))
+    dtype = next(lm.model.parameters()).dtype  # scales are computed in the model dtype, as msModelSlim does
+    scale, offset = static_act_params(float(xs.min()), float(xs.max()), dtype)
     assert float(t["input_scale"].reshape(-1)[0]) == scale
     assert float(t["input_offset"].reshape(-1)[0]) == offset

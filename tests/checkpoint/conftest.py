@@ -18,6 +18,7 @@ REAL = {
     "w8a8_bf16": ("w8a8", torch.bfloat16, "ascendv1_saver", 0, 64),
     "w8a8_fp16": ("w8a8", torch.float16, "ascendv1_saver", 0, 64),
     "w8a8_dynamic_shard": ("w8a8_dynamic", torch.bfloat16, "ascendv1_saver", 1, 64),
+    "w8a8_dynamic_fp16": ("w8a8_dynamic", torch.float16, "ascendv1_saver", 0, 64),
     "mxfp8": ("w8a8_mxfp8", torch.bfloat16, "ascendv1_saver", 0, 64),
     "mxfp4_mindie": ("w4a4_mxfp4", torch.bfloat16, "mindie_format_saver", 0, 64),
     "w4a8_mxfp": ("w4a8_mxfp", torch.bfloat16, "ascendv1_saver", 0, 64),

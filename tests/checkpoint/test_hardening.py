@@ -271,7 +271,8 @@ def test_w8a8_dynamic_weight_scale_values(tmp_path, gen, bad):
 def test_zero_scale_is_fine_for_an_all_zero_row(tmp_path, gen):
     layers = _layers(gen)
     ts = get_scheme("w8a8_dynamic").quantize_weight(torch.cat([torch.zeros(1, 64), torch.randn(31, 64, generator=gen)]))
-    assert ts["weight_scale"][0, 0] == 0
+    assert ts["weight_scale"][0, 0] == 2.0 ** -23 and not ts["weight"][0].any()  # msModelSlim's eps floor
+    ts["weight_scale"][0, 0] = 0  # another writer's 0 for the all-zero row is accepted too
     layers[P + "q_proj"] = ("W8A8_DYNAMIC", ts)
     assert _errors(write_ascendv1(tmp_path / "z", layers, {})) == []
 

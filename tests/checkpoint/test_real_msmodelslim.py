@@ -190,3 +190,84 @@ def test_writer_dtypes_match_msmodelslim(real_ckpt, name, tmp_path):
     theirs = _stored_dtypes(out)
     assert {k for k in theirs if k[0] != "FLOAT"}, theirs
     assert _stored_dtypes(ours) == theirs
+
+
+# ---- issue 17 item 6: scale VALUES equal msModelSlim's (computed in the model dtype) ---------------------------
+def _bits(t):
+    return t.detach().to(torch.float32).contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_int8_scale_rules_equal_msmodelslim_quantizers(msmodelslim_required, dtype):
+    """msModelSlim's own minmax quantizers (``WeightPerChannelMinmax``, ``ActPerTensorMinmax``) as the oracle: our
+    per-channel weight scale and static (input_scale, input_offset) are bit-identical in every model dtype,
+    including an all-zero row (eps scale) and rows whose amax/127 falls below eps."""
+    from msmodelslim.core.quantizer.base import QConfig
+    from msmodelslim.core.quantizer.impl.minmax import ActPerTensorMinmax, WeightPerChannelMinmax
+    from msmodelslim.ir.qal import QDType, QStorage
+
+    from omni_npu_quant.numerics import int8 as I
+
+    gen = torch.Generator().manual_seed(3)
+    w = (torch.randn(96, 160, generator=gen) * torch.logspace(-6, 0, 96).unsqueeze(1)).to(dtype)
+    w[5] = 0
+    oracle = WeightPerChannelMinmax(QConfig(dtype="int8", scope="per_channel", symmetric=True, method="minmax"))
+    oracle.init_weight(QStorage(QDType.FLOAT, w))
+    want_s, want_q = oracle.get_q_param().ext["scale"], oracle.get_q_storage().value.to(torch.int8)
+    q, s = I.quantize_weight_int8(w)
+    assert s.dtype == torch.float32 and torch.equal(_bits(s.reshape(-1)), _bits(want_s))
+    # int8 weights: msModelSlim divides in the model dtype, we in fp32 (module doc): at most one step apart
+    assert int((q.float() - want_q.float()).abs().max()) <= 1
+    if dtype == torch.float32:
+        assert torch.equal(q, want_q)
+    for scheme in ("w8a8_dynamic", "w8a16"):  # both int8-weight schemes store exactly these scales
+        t = get_scheme(scheme).quantize_weight(w)
+        assert torch.equal(_bits(t["weight_scale"].reshape(-1)), _bits(want_s)) and torch.equal(t["weight"], q)
+    act = ActPerTensorMinmax(QConfig(dtype="int8", scope="per_tensor", symmetric=False, method="minmax"))
+    for i in range(200):
+        x = torch.randn(4, 32, generator=gen) * 10.0 ** (5 * torch.rand(1, generator=gen) - 3)
+        x = (x + torch.randn(1, generator=gen) * (i % 3)).to(dtype)  # all-positive / all-negative ranges too
+        act.minmax_observer.reset()
+        act(x)
+        p = act.get_q_param()
+        sc, off = I.static_act_params(float(x.min()), float(x.max()), dtype)
+        assert (sc, off) == (float(p.ext["scale"]), float(p.ext["offset"])), (i, dtype)
+
+
+@pytest.mark.parametrize("name", ["w8a8_dynamic_shard", "w8a8_dynamic_fp16", "w8a8_bf16", "w8a8_fp16"])
+def test_int8_scales_equal_real_msmodelslim_checkpoint(real_ckpt, name):
+    """Every layer of a genuine msModelSlim checkpoint (bf16 and fp16 models): our quantizer's W8A8_DYNAMIC
+    ``weight_scale`` (fp32 on disk) equals msModelSlim's bit for bit; for W8A8 the stored ``input_scale`` is a
+    model-dtype value and our ``deq_scale`` rule (input_scale x weight_scale in the model dtype, int64 for fp16
+    models through our writer's storage rule) reproduces msModelSlim's ``deq_scale`` bit for bit."""
+    from omni_npu_quant.numerics import int8 as I
+
+    model, out = real_ckpt(name)
+    ck = load_checkpoint(out)
+    fw = _float_weights(model)
+    dtype = next(iter(fw.values())).dtype
+    assert dtype in (torch.bfloat16, torch.float16)
+    assert len(ck.layers) == len(LINEARS)
+    for prefix, e in ck.layers.items():
+        w = fw[prefix + ".weight"]
+        if e.label == "W8A8_DYNAMIC":
+            ours = get_scheme("w8a8_dynamic").quantize_weight(w)
+            assert e.tensors["weight_scale"].dtype == torch.float32
+            assert torch.equal(_bits(ours["weight_scale"]), _bits(e.tensors["weight_scale"])), prefix
+            assert torch.equal(ours["weight_offset"], e.tensors["weight_offset"]), prefix
+            assert int((ours["weight"].float() - e.tensors["weight"].float()).abs().max()) <= 1, prefix
+        else:
+            xs = e.tensors["input_scale"].float().reshape(-1)
+            assert torch.equal(xs.to(dtype).float(), xs), prefix  # a model-dtype value stored as fp32
+            _, ws = I.quantize_weight_int8(w)
+            deq = I.static_deq_scale(float(xs[0]), ws.squeeze(-1), dtype)
+            stored = e.tensors["deq_scale"]
+            if dtype == torch.float16:  # msModelSlim's int64 form; our writer stores the same for fp16 models
+                assert stored.dtype == torch.int64 and torch.equal(I.deq_scale_to_int64(deq), stored), prefix
+            else:
+                assert torch.equal(_bits(deq), _bits(stored)), prefix
+            # the scheme's own quantizer, given a range whose parameters are msModelSlim's, writes those values
+            t = get_scheme("w8a8_static").quantize_weight(w, act_min=-2.0, act_max=3.0)
+            sc, _ = I.static_act_params(-2.0, 3.0, dtype)
+            assert torch.equal(_bits(t["input_scale"]), _bits(torch.tensor([sc])))
+            assert torch.equal(_bits(t["deq_scale"]), _bits(I.static_deq_scale(sc, ws.squeeze(-1), dtype)))

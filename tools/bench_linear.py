@@ -610,6 +610,33 @@ def table(res) -> str:
     return "\n".join(lines)
 
 
+def preference(res, fast="w8a8_dynamic[cuda.cutlass_w8a8]", base="w8a8_dynamic", family="sm90"):
+    """The ``PREFERENCE`` entry (kernels/cuda/cutlass_w8a8.py) a result supports: per measured M, CUTLASS where
+    it was faster than our Triton kernel on every shape (CUDA-graph time at M <= 16, where decode runs under
+    graphs; eager above) and passed its reference check; ranges ascending, the last open-ended."""
+    by_m: dict[int, list[bool]] = {}
+    rows = {(r["unit"], r["m"], r["what"]): r for r in res["rows"]}
+    for (unit, m, what), r in rows.items():
+        if what != fast or r.get("check") != "ok":
+            continue
+        b = rows.get((unit, m, base))
+        if b is None:
+            continue
+        key = "graph_us" if m <= 16 else "eager_us"
+        if r[key] == r[key] and b[key] == b[key]:  # both measured (not NaN)
+            by_m.setdefault(m, []).append(r[key] < b[key])
+    if not by_m:
+        return None
+    ms = sorted(by_m)
+    wins = ["cutlass" if all(by_m[m]) else "triton" for m in ms]
+    ranges = []
+    for i, (m, w) in enumerate(zip(ms, wins)):
+        last = i == len(ms) - 1
+        if last or wins[i + 1] != w:
+            ranges.append((None if last else m, w))
+    return {(family, base): tuple(ranges)}
+
+
 def _parse_part(s):
     try:
         i, n = (int(v) for v in s.split("/"))
@@ -636,11 +663,16 @@ def main(argv=None):
     ap.add_argument("--plan", action="store_true", help="print the units of each part and the cost estimate; no GPU")
     ap.add_argument("--merge", nargs="+", default=None, help="part JSONs to merge into --out (and print the table)")
     ap.add_argument("--table", default="", help="print the table of this JSON and exit")
+    ap.add_argument("--preference", default="", help="print the cutlass_w8a8 PREFERENCE entry this JSON supports")
     ap.add_argument("--profile-host", default="", help="write a cProfile of eager M=1 calls here and exit")
     a = ap.parse_args(argv)
     if a.table:
         with open(a.table) as f:
             print(table(json.load(f)))
+        return 0
+    if a.preference:
+        with open(a.preference) as f:
+            print(preference(json.load(f)))
         return 0
     if a.merge:
         res = merge(a.merge)

@@ -155,6 +155,9 @@ class OmniNpuQuantConfig(_Base):
                              f"--num-bf16-fallback-layers {num_bf16_fallback_layers} instead")
         self.description = dict(description) if description is not None else None
         self.description_file = description_file
+        self.model_dir: str | None = None  # set by maybe_update_config (SVD ranks are read from its headers)
+        self._vllm_mappers: list = []  # hf_to_vllm mappers vLLM applied to the description
+        self._svd_index: dict[str, tuple[int, int, str]] | None = None  # layer prefix -> (rank, K, file)
         # vLLM-Omni rebuilds an active config from a transformer's config.json when the disk says serialized and
         # the active config does not (factory.py ``_disk_marks_serialized``): a config without its description
         # (e.g. quantization_config={"method": "omni_npu_quant"}) is thereby replaced by the one on disk
@@ -193,6 +196,8 @@ class OmniNpuQuantConfig(_Base):
         return None
 
     def maybe_update_config(self, model_name: str, hf_config=None, revision=None):
+        self.model_dir = str(model_name)
+        self._svd_index = None
         if self.description is not None:
             return
         from ...checkpoint.files import load_json, read_regular
@@ -212,6 +217,65 @@ class OmniNpuQuantConfig(_Base):
     def apply_vllm_mapper(self, hf_to_vllm_mapper):
         if self.description is not None:
             self.description = hf_to_vllm_mapper.apply_dict(self.description)
+        self._vllm_mappers.append(hf_to_vllm_mapper)
+        self._svd_index = None
+
+    # ---- SVD low-rank layers: the rank per (fused) shard -----------------------------------------------------------
+    def svd_index(self) -> dict[str, tuple[int, int, str]]:
+        """``{layer prefix (vLLM names): (rank, K, file)}`` from the ``<layer>.svd_lowrank_l1`` [rank, K] entries of
+        the model directory's safetensors headers (headers only: no tensor is read)."""
+        if self._svd_index is not None:
+            return self._svd_index
+        from ...checkpoint.files import HeaderError, read_header
+        from ...schemes.svd_base import L1
+
+        index: dict[str, tuple[int, int, str]] = {}
+        root = Path(self.model_dir) if self.model_dir else None
+        if root is None or not root.is_dir():
+            self._svd_index = index
+            return index
+        mapper = self.get_checkpoint_weight_mapper()
+        for f in sorted(root.glob("*.safetensors")):
+            try:
+                infos, _ = read_header(f, f.name)
+            except HeaderError as e:
+                raise ValueError(f"{CHECKPOINT_METHOD}: {f.name}: cannot read the safetensors header ({e})") from None
+            for key, info in infos.items():
+                if not key.endswith("." + L1):
+                    continue
+                name = mapper.map_name(key) or key
+                for m in self._vllm_mappers:
+                    name = m.map_name(name) or name
+                if len(info.shape) != 2:
+                    raise ValueError(f"{CHECKPOINT_METHOD}: {f.name}: tensor '{key}' must be [rank, K], got shape "
+                                     f"{list(info.shape)}")
+                index[name[: -len(L1) - 1]] = (int(info.shape[0]), int(info.shape[1]), f.name)
+        self._svd_index = index
+        return index
+
+    def svd_ranks(self, prefix: str, scheme) -> list[int]:
+        """The low-rank rank of each shard of SVD layer ``prefix`` (one entry per fused shard, in order).
+
+        From the checkpoint's safetensors headers (``svd_lowrank_l1`` [rank, K]); ``scheme_options {<scheme>:
+        {"rank": R}}`` overrides (and must then agree with the headers where they are readable).  Shards of a
+        fused layer may have different ranks: the method stacks them (docs/svd.md section 5)."""
+        shards = self._fused_shards(prefix)
+        index = self.svd_index()
+        found = {sh: index[sh][0] for sh in shards if sh in index}
+        if scheme.rank is not None:
+            bad = {sh: r for sh, r in found.items() if r != scheme.rank}
+            if bad:
+                raise ValueError(f"{CHECKPOINT_METHOD}: layer {prefix}: scheme_options give {scheme.name} rank "
+                                 f"{scheme.rank}, but the checkpoint's svd_lowrank_l1 headers say {bad}")
+            return [scheme.rank] * len(shards)
+        missing = [sh for sh in shards if sh not in found]
+        if missing:
+            where = (f"the safetensors headers of {self.model_dir}" if self.model_dir
+                     else "no model directory (maybe_update_config was not called)")
+            raise ValueError(f"{CHECKPOINT_METHOD}: layer {prefix} is {scheme.name} but its rank is unknown: no "
+                             f"'<layer>.svd_lowrank_l1' for {missing} in {where}; pass "
+                             f"scheme_options {{'{scheme.name}': {{'rank': R}}}}")
+        return [found[sh] for sh in shards]
 
     @staticmethod
     def get_checkpoint_weight_mapper():
@@ -262,8 +326,10 @@ class OmniNpuQuantConfig(_Base):
                              f"serve (known: {sorted(LABEL_TO_SCHEME)})")
         name = LABEL_TO_SCHEME[label]
         gs = int(self.description.get("group_size", 0) or 0)
-        return OmniNpuLinearMethod(self._scheme(name), prefix=prefix, online=False, backend=self.backend,
-                                   group_size=gs)
+        scheme = self._scheme(name)
+        ranks = self.svd_ranks(prefix, scheme) if getattr(scheme, "svd_lowrank", False) else None
+        return OmniNpuLinearMethod(scheme, prefix=prefix, online=False, backend=self.backend, group_size=gs,
+                                   svd_ranks=ranks)
 
 
 class OmniNpuOnlineConfig(_Base):

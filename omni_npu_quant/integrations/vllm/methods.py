@@ -26,6 +26,7 @@ from vllm.model_executor.parameter import (BasevLLMParameter, ChannelQuantScaleP
                                            ModelWeightParameter, PerTensorScaleParameter, RowvLLMParameter)
 
 from ...schemes.base import Scheme, SchemeValidationError
+from ...schemes.svd_base import L1, L2, SVDScheme
 from ...checkpoint.layout import SHARED_INPUT_TENSORS
 from ...numerics.int8 import deq_scale_fp32
 from ..torch.module import resolve_backend
@@ -54,12 +55,13 @@ class OmniNpuLinearMethod(LinearMethodBase):
     """One quantized linear: ``scheme`` from a checkpoint (``online=False``) or from float weights."""
 
     def __init__(self, scheme: Scheme, *, prefix: str = "", online: bool = False, backend=None,
-                 group_size: int = 0):
+                 group_size: int = 0, svd_ranks: list[int] | None = None):
         self.scheme = scheme
         self.prefix = prefix
         self.online = online
         self.backend_request = backend
         self.group_size = int(group_size or 0)
+        self.svd_ranks = None if svd_ranks is None else [int(r) for r in svd_ranks]  # per fused shard (SVD only)
         self.backend = None
 
     # ------------------------------------------------------------------------------------------------
@@ -105,12 +107,14 @@ class OmniNpuLinearMethod(LinearMethodBase):
             layer.register_parameter("weight", w)
             layer.omni_param_names.append("weight")
             return
-        if s.per_group_scales and self.group_size and self.group_size < input_size:
+        svd = isinstance(s, SVDScheme)
+        base = s.residual if svd else s  # an SVD layer: the residual's parameters, then the stacked factors
+        if base.per_group_scales and self.group_size and self.group_size < input_size:
             if k % self.group_size:
                 raise ValueError(f"{where}: group_size {self.group_size} does not divide K={k}")
-            specs = s.tensor_specs(n, k, groups=k // self.group_size)
+            specs = base.tensor_specs(n, k, groups=k // self.group_size)
         else:
-            specs = s.tensor_specs(n, k)
+            specs = base.tensor_specs(n, k)
         for spec in specs:
             if spec.name == "bias":
                 continue  # the vLLM layer owns its bias parameter
@@ -118,6 +122,70 @@ class OmniNpuLinearMethod(LinearMethodBase):
             layer.register_parameter(spec.name, p)
             layer.omni_param_names.append(spec.name)
         layer.omni_optional = {spec.name for spec in specs if spec.optional}
+        if svd:
+            self._create_lowrank(layer, n, k, wrap, where)
+
+    # ------------------------------------------------------------------------------------------------
+    def _create_lowrank(self, layer, n: int, k: int, wrap, where: str) -> None:
+        """``svd_lowrank_l1`` / ``svd_lowrank_l2`` of an SVD layer, fused shards stacked along the rank.
+
+        Shard i (rank r_i) owns rows ``[o_i, o_i + r_i)`` of L1 [R, K] and the block (its output rows, columns
+        ``[o_i, o_i + r_i)``) of L2 [N, R], zeros elsewhere (R = sum r_i): ``x . L1^T . L2^T`` is then each shard's own
+        branch (the other shards' ranks contribute exact zeros), so q/k/v (gate/up) with equal or different ranks
+        run as one layer.  L1 follows K (row-parallel: this rank's K slice), L2 follows N through vLLM's own
+        loaders (the shard's columns are placed first).  Held in fp32 (exact for any 16-bit checkpoint dtype)."""
+        n_shards = layer.omni_n_shards
+        ranks = self.svd_ranks or [self.scheme.online_rank] * n_shards
+        if len(ranks) != n_shards:
+            raise ValueError(f"{where}: {len(ranks)} SVD rank(s) {ranks} for a layer of {n_shards} fused shard(s)")
+        offsets = [sum(ranks[:i]) for i in range(n_shards)]
+        total = sum(ranks)
+        tp_rank = int(getattr(layer, "tp_rank", 0) or 0)
+        layer.omni_svd_ranks = list(ranks)
+
+        def shard_index(shard) -> int:
+            if shard is None:
+                if n_shards > 1:
+                    raise SchemeValidationError(f"{where}: an SVD factor was loaded for the whole fused layer; its "
+                                                f"shards' factors must be loaded one by one (per q/k/v, gate/up)")
+                return 0
+            return {"q": 0, "k": 1, "v": 2}.get(shard, shard) if isinstance(shard, str) else int(shard)
+
+        def check_rank(name, shard, got):
+            i = shard_index(shard)
+            if got != ranks[i]:
+                raise SchemeValidationError(f"{where}: '{name}' of shard {shard!r} has rank {got}, expected "
+                                            f"{ranks[i]} (the rank read from the checkpoint headers or scheme_options)")
+            return i
+
+        def load_l1(param, loaded, *args, **kwargs):
+            shard = args[0] if args else kwargs.get("loaded_shard_id")
+            if loaded.dim() != 2:
+                raise SchemeValidationError(f"{where}: '{L1}' must be [rank, K], got {list(loaded.shape)}")
+            i = check_rank(L1, shard, int(loaded.shape[0]))
+            if layer.omni_is_row and loaded.shape[1] != k:  # row-parallel: this rank's K slice
+                loaded = loaded.narrow(1, tp_rank * k, k)
+            if loaded.shape[1] != k:
+                raise SchemeValidationError(f"{where}: '{L1}' has K={loaded.shape[1]}, expected {k}")
+            param.data[offsets[i]: offsets[i] + ranks[i]].copy_(loaded)
+            layer.omni_loaded.setdefault(L1, set()).add(shard)
+
+        l2_base = wrap(L2)
+
+        def load_l2(param, loaded, *args, **kwargs):
+            shard = args[0] if args else kwargs.get("loaded_shard_id")
+            if loaded.dim() != 2:
+                raise SchemeValidationError(f"{where}: '{L2}' must be [N, rank], got {list(loaded.shape)}")
+            i = check_rank(L2, shard, int(loaded.shape[1]))
+            wide = loaded.new_zeros((loaded.shape[0], total))
+            wide[:, offsets[i]: offsets[i] + ranks[i]] = loaded
+            return l2_base(param, wide, *args, **kwargs)  # vLLM places the shard's rows (and the TP slice)
+
+        layer.register_parameter(L1, RowvLLMParameter(data=torch.zeros(total, k, dtype=torch.float32), input_dim=1,
+                                                      weight_loader=load_l1))
+        layer.register_parameter(L2, ChannelQuantScaleParameter(data=torch.zeros(n, total, dtype=torch.float32),
+                                                                output_dim=0, weight_loader=load_l2))
+        layer.omni_param_names += [L1, L2]
 
     # ------------------------------------------------------------------------------------------------
     def _online_tensors(self, layer) -> dict[str, torch.Tensor]:
@@ -158,8 +226,8 @@ class OmniNpuLinearMethod(LinearMethodBase):
                 if name in layer.omni_optional:
                     continue
                 raise SchemeValidationError(f"{where}: checkpoint tensor '{name}' was never loaded")
-            if name == "weight" and None not in seen and len(seen) != layer.omni_n_shards:
-                raise SchemeValidationError(f"{where}: weight loaded for shards {sorted(map(str, seen))}, "
+            if name in ("weight", L1, L2) and None not in seen and len(seen) != layer.omni_n_shards:
+                raise SchemeValidationError(f"{where}: {name} loaded for shards {sorted(map(str, seen))}, "
                                             f"expected {layer.omni_n_shards}")
             data = getattr(layer, name).data
             if name in SHARED_INPUT_TENSORS:

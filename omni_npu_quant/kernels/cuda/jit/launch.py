@@ -82,6 +82,8 @@ def _initial_state() -> tuple[bool, str]:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False, "TRITON_INTERPRET=1 (interpreter: nothing compiled to launch)"
     why = compatibility()
+    if not why and not all(hasattr(torch._C, f) for f in ("_cuda_getDevice", "_cuda_getCurrentRawStream")):
+        why = "this torch has no torch._C._cuda_getDevice / _cuda_getCurrentRawStream (device and stream lookup)"
     return (not why), why
 
 

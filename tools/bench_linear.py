@@ -159,17 +159,29 @@ def _ref_kernel(scheme_name):
 
 
 def _gemlite_layers(kind, ws, biases, dtype):
+    """L distinct gemlite layers: the first converted from (ws[0], biases[0]), the others deep copies of it
+    (distinct memory, as our stacks; converting every layer would cost seconds per shape)."""
     from gemlite import helper as H
 
-    out = []
-    for w, b in zip(ws, biases):
-        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=True, device=w.device, dtype=dtype)
+    def lin():
+        m = torch.nn.Linear(ws[0].shape[1], ws[0].shape[0], bias=True, device=ws[0].device, dtype=dtype)
         with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
-        proc = getattr(H, kind)(device="cuda:0", dtype=dtype) if kind != "A8W4_MXFP_dynamic" else \
-            H.A8W4_MXFP_dynamic(device="cuda:0", dtype=dtype, post_scale=True)
-        out.append(proc.from_linear(lin))
+            m.weight.copy_(ws[0])
+            m.bias.copy_(biases[0])
+        return m
+
+    def proc():
+        if kind == "A8W4_MXFP_dynamic":
+            return H.A8W4_MXFP_dynamic(device="cuda:0", dtype=dtype, post_scale=True)
+        return getattr(H, kind)(device="cuda:0", dtype=dtype)
+
+    first = proc().from_linear(lin())
+    out = [first]
+    for _ in ws[1:]:
+        try:
+            out.append(copy.deepcopy(first))
+        except Exception:  # noqa: BLE001 - not copyable: convert again
+            out.append(proc().from_linear(lin()))
     return out
 
 

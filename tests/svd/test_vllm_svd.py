@@ -244,3 +244,69 @@ def test_rank_override_and_clear_errors(vllm_tp1, mixed_rank_ckpt):
     # a fused SVD factor loaded without a shard id cannot be split
     with pytest.raises(SchemeValidationError, match="loaded for the whole fused layer"):
         qkv.svd_lowrank_l2.weight_loader(qkv.svd_lowrank_l2, torch.zeros(256, 16))
+
+
+def tp_worker(rank: int, world: int, port: int, ckpt: str, result_dir: str):
+    """Spawned TP rank: the mixed-rank checkpoint's layers; column outputs vs the TP=1 reference's columns, row
+    outputs (all-reduced over the K slices) vs the TP=1 reference."""
+    import traceback
+
+    from vllm.config import VllmConfig, set_current_vllm_config
+
+    from omni_npu_quant.checkpoint import load_checkpoint
+    from omni_npu_quant.integrations.vllm.plugin import register, registered_methods
+    from omni_npu_quant.schemes.registry import get_scheme
+
+    res = {}
+    try:
+        register()
+        with set_current_vllm_config(VllmConfig()):
+            C.init_dist(world, rank, port)
+            desc = json.loads((Path(ckpt) / "quant_model_description.json").read_text())
+            cfg = registered_methods()["omni_npu_quant"].from_config(desc)
+            cfg.packed_modules_mapping = C.PACKED
+            cfg.maybe_update_config(ckpt)
+            layers = build(cfg, **DIMS)
+            load_into(layers, Path(ckpt), cfg)
+            ck = load_checkpoint(ckpt)
+            sch = get_scheme("mxfp4_svd")
+            g = torch.Generator().manual_seed(1)
+            for prefix, layer in layers.items():
+                sets = [ck.layers[n].tensors for n in FUSED[prefix]]
+                k = sets[0][L1].shape[1]
+                x = (torch.randn(5, k, generator=g) * 2).to(torch.bfloat16)
+                parts = [reference_linear(sch, x, t).float() for t in sets]
+                if layer.omni_is_row:
+                    kl = k // world
+                    y = layer(x[:, rank * kl:(rank + 1) * kl].contiguous()).float()
+                    want = parts[0]
+                else:
+                    y = layer(x).float()
+                    want = torch.cat([p[:, rank * (p.shape[1] // world):(rank + 1) * (p.shape[1] // world)]
+                                      for p in parts], -1)
+                res[prefix] = [bool(layer.omni_is_row), float((y - want).norm() / want.norm()),
+                               list(layer.svd_lowrank_l1.shape), list(layer.svd_lowrank_l2.shape)]
+    except Exception:
+        res["error"] = traceback.format_exc()
+    Path(result_dir, f"rank{rank}.json").write_text(json.dumps(res))
+
+
+def test_tp2_factors_shard(mixed_rank_ckpt, tmp_path):
+    """TP=2 in two spawned gloo ranks: L2 follows N (column-parallel: each rank's output rows of every shard), L1
+    follows K (row-parallel: each rank's K slice, the partial branch outputs summed by the all-reduce)."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(tp_worker, args=(2, C.free_port(), str(mixed_rank_ckpt), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for rank in range(2):
+        res = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert "error" not in res, res.get("error")
+        assert len(res) == 4
+        for prefix, (is_row, err, l1_shape, l2_shape) in res.items():
+            r = sum(RANKS[n] for n in FUSED[prefix])
+            if is_row:  # K halves; L2 full
+                assert l1_shape[0] == r and l2_shape == [DIMS["hidden"], r], (prefix, l1_shape, l2_shape)
+                assert err < 2e-2, (rank, prefix, err)  # the hidden is rounded per rank before the all-reduce
+            else:  # N halves; L1 full
+                assert l1_shape == [r, DIMS["hidden"]] and l2_shape[1] == r, (prefix, l1_shape, l2_shape)
+                assert err < 2e-3, (rank, prefix, err)

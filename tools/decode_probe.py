@@ -7,9 +7,9 @@ Variants per (N x K, M):
   mxfp8 / mxfp4 / w4a8_mxfp:  ``dot_scaled`` (ops.mx_gemm, decode kernel off), ``decode_old`` (jit/decode.py),
       ``gemv`` and ``gemv_alt*`` (jit/gemv.py); each = fused MX quantizer + GEMM (+ reduce).
   mxfp4_dual (8192 x 8192 only): ``decode_old`` vs ``gemv``.
-Before timing, every variant's output on layer 0 (fp32 output; int8 also bf16) is checked against its pure-torch twin on the same
-quantized inputs (MX: max abs diff, relative to max|ref|; int8: bit-identical).  Weights are random
-codes (E8M0 scale codes 118..127, no NaN bytes), not a quantized checkpoint.
+Before timing, every variant's output on layer 0 (fp32 output; int8 also bf16) is checked against its
+pure-torch twin on the same quantized inputs (MX: max abs diff, relative to max|ref|; int8: bit-identical).
+Weights are random codes (E8M0 scale codes 118..127, no NaN bytes), not a quantized checkpoint.
 
 Run from the repository root (needs a CUDA GPU and triton):
     PYTHONPATH=. python3 tools/decode_probe.py --out decode_probe.json [--budget-s 220] [--quick]
@@ -88,7 +88,8 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=220.0, help="skip remaining cases after this many seconds")
     ap.add_argument("--quick", action="store_true", help="first shape only, M in {1, 16}")
     ap.add_argument("--dry-run", action="store_true",
-                    help="CPU self-check of this script: Triton's interpreter, tiny shapes, no graphs, no timing meaning")
+                    help="CPU self-check of this script: Triton's interpreter, tiny shapes, no graphs, "
+                         "no timing meaning")
     args = ap.parse_args(argv)
     if args.dry_run:
         from omni_npu_quant.kernels.cuda.jit import interpret
@@ -109,7 +110,8 @@ def main(argv=None):
     check_dtypes = (torch.float32,) if args.dry_run else (torch.float32, torch.bfloat16)
     torch.manual_seed(0)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
+            "device": "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(0),
+            "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "replays": REPLAYS, "l2_bytes_assumed": L2_BYTES,
             "note": "us = per layer, CUDA-graph replay over a stack of distinct layers; ratio = bf16 us / us"}
     rows = []

@@ -73,7 +73,8 @@ SCRIPT = textwrap.dedent("""
                         fails.append(('dtype', od))
                     rr = r if od == torch.float32 else r.to(od).float()
                     close(o, rr, ('mx', afmt.name, wfmt.name, m, od, b is None),
-                          0.0 if od == torch.float32 else torch.finfo(od).eps * rr[torch.isfinite(rr)].abs().max().item())
+                          0.0 if od == torch.float32
+                          else torch.finfo(od).eps * rr[torch.isfinite(rr)].abs().max().item())
     # --- every config, both forms, ties / saturation rows in the weight
     n, k = 48, 1024
     for afmt, wfmt in FMTS:
@@ -169,3 +170,52 @@ def test_gemv_switch_and_plans():
         assert ks % unit == 0 and (split - 1) * ks < k <= split * ks
     bn, bk, nw, ns, ks, split = gemv.plan("mx", 8192, 8192, 1)
     assert 8192 % bk == 0 and split * ks >= 8192
+
+
+BACKEND_SCRIPT = textwrap.dedent("""
+    from omni_npu_quant.kernels.cuda.jit import interpret
+    interpret.enable()
+    import torch
+    from omni_npu_quant import platform as P
+    from omni_npu_quant.kernels.base import Target
+    from omni_npu_quant.kernels.cuda.mx import CudaMX
+    from omni_npu_quant.kernels.cuda.int8 import CudaInt8Dynamic, CudaInt8Static
+    from omni_npu_quant.backends import ReferenceBackend
+    from omni_npu_quant.schemes.registry import get_scheme
+    g = torch.Generator().manual_seed(0)
+    fails = []
+    ref = ReferenceBackend()
+    for name, cls in [("mxfp8", CudaMX), ("mxfp4", CudaMX), ("w4a8_mxfp", CudaMX), ("mxfp4_dual", CudaMX),
+                      ("w8a8_dynamic", CudaInt8Dynamic), ("w8a8_static", CudaInt8Static)]:
+        s = get_scheme(name)
+        n, k = 37, (1024 if name == "mxfp4_dual" else 320)
+        w = torch.randn(n, k, generator=g) * 0.05
+        b = torch.randn(n, generator=g)
+        t = s.quantize_weight(w, b, act_min=-4.0, act_max=5.0) if name == "w8a8_static" else s.quantize_weight(w, b)
+        t.pop("weight_offset", None) if name == "w8a8_static" else None
+        dt = torch.float16
+        new = cls(Target(P.DeviceInfo("cuda", "sm90", "sm90"), "cpu", {"gemv": 1}))
+        old = cls(Target(P.DeviceInfo("cuda", "sm90", "sm90"), "cpu", {"gemv": 0}))
+        pn, po, pr = new.prepare(s, t, dt, n, k, name), old.prepare(s, t, dt, n, k, name), ref.prepare(s, t, dt)
+        assert pn.gemv and not po.gemv
+        for m in ((1, 3, 16, 17) if name.startswith("w8a8") else (1, 3, 16)):
+            x = (torch.randn(m, k, generator=g) * 2).to(dt)
+            yn = new._apply(pn, x).float(); yr = ref.apply(pr, x).float()
+            if name.startswith("w8a8"):
+                ok = torch.equal(yn, old._apply(po, x).float())
+            else:
+                tol = 1e-5 * yr.abs().max().item() + (torch.finfo(dt).eps * yr.abs()).amax().item()
+                ok = (yn - yr).abs().max().item() <= tol
+            if not ok: fails.append((name, m))
+    print("FAILS", fails)
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed in this environment")
+def test_kernels_with_gemv_option_in_triton_interpreter():
+    """cuda.mx / cuda.int8_* with backend option gemv=1 (prepare + _apply in the interpreter) vs the reference
+    backend (MX, E1) and vs the same kernel with gemv=0 (int8, bit-identical); M = 17 takes the old path."""
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "FAILS []" in r.stdout, r.stdout[-3000:]

@@ -25,6 +25,8 @@ them in a fixed order (deterministic), adds the fp32 bias and casts once.  Dual-
 Dispatch (``enabled``): ``OMNI_NPU_QUANT_CUDA_DECODE=1`` routes every M <= 16 MX GEMM here, ``=0`` none;
 unset, only MXFP8-weight layers with N * Kp >= 8192 * 8192 (the one case where it was measured
 faster than the ``tl.dot_scaled`` kernel; the FP4 decode in this kernel is still ALU-bound).
+The second-generation small-M kernels (cheaper E2M1 decode, per-block scaling, GEMV form, int8) are in
+``gemv.py``, opt-in through ``OMNI_NPU_QUANT_CUDA_GEMV=1``; this kernel stays selectable beside them.
 """
 from __future__ import annotations
 

@@ -107,7 +107,19 @@ def _layers(n, k):
 
 
 # ---------------------------------------------------------------- timing helpers
+DEV = "cuda"  # "cpu" only for --dry-cpu (the whole pipeline on tiny shapes in Triton's interpreter: no timings)
+
+
+def _sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
 def _bench(fn, rep_ms):
+    if DEV != "cuda":  # dry run: one timed call, the numbers mean nothing
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e6
     from triton.testing import do_bench
 
     return do_bench(fn, warmup=5, rep=rep_ms, return_mode="median") * 1e3  # us
@@ -120,10 +132,10 @@ def _time_stack(calls, x, rep_ms, graph=True):
             c(x)
 
     run()
-    torch.cuda.synchronize()
+    _sync()
     t_e = _bench(run, rep_ms) / len(calls)
     t_g, err = float("nan"), ""
-    if graph:
+    if graph and DEV == "cuda":
         try:
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
@@ -257,7 +269,7 @@ def _our_stack(label, spec, ws0, b0, L, n, k):
 
 
 def run_shape(R: Run, u, case_names, gl):
-    dev = torch.device("cuda")
+    dev = torch.device(DEV)
     n, k = u["n"], u["k"]
     L = _layers(n, k)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -338,7 +350,8 @@ def run_shape(R: Run, u, case_names, gl):
             R.add(row)
         del x, xi8, xf8, cases
     del ours, refs, gls, ws, w_i8, w_f8
-    torch.cuda.empty_cache()
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- DiT block
@@ -434,7 +447,7 @@ def run_dit(R: Run, schemes):
     import omni_npu_quant as onq
     from omni_npu_quant.backends import CudaBackend
 
-    dev = torch.device("cuda")
+    dev = torch.device(DEV)
     blk, fwd, desc, floats = _dit_block(dev)
     R.meta["dit"] = desc
     m = DIT["img_tokens"] + DIT["txt_tokens"]
@@ -478,19 +491,24 @@ def run_dit(R: Run, schemes):
             row.update(eager_us=te, graph_us=tg, host_us=te - tg, vs_bf16_eager=t_ref[0] / te,
                        vs_bf16_graph=t_ref[1] / tg, case_s=round(time.monotonic() - tc, 2))
             R.add(row)
-            torch.cuda.empty_cache()
+            if DEV == "cuda":
+                torch.cuda.empty_cache()
 
 
 def run(units, case_names, out_path, rep_ms=20, gemlite_ok=True, budget_s=0.0, check_tol=2e-2, graph_max_m=4096,
-        part="1/1"):
+        part="1/1", dit_schemes=DIT_SCHEMES):
     from omni_npu_quant.kernels.cuda.jit import ops as cuda_ops
 
     import triton
 
     R = Run(out_path, budget_s, rep_ms, check_tol, graph_max_m)
-    props = torch.cuda.get_device_properties(0)
+    if DEV == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        name, sms = props.name, props.multi_processor_count
+    else:
+        name, sms = "cpu (--dry-cpu: Triton interpreter, timings meaningless)", 0
     R.meta.update({
-        "device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
+        "device": name, "sms": sms, "torch": torch.__version__,
         "triton": triton.__version__, "cuda": torch.version.cuda,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "part": part,
         "units": [u["unit"] for u in units], "budget_s": budget_s, "rep_ms": rep_ms, "check_rows": CHECK_ROWS,
@@ -499,13 +517,14 @@ def run(units, case_names, out_path, rep_ms=20, gemlite_ok=True, budget_s=0.0, c
         "autotune": os.environ.get("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")})
     gl = _gemlite(R.meta) if gemlite_ok else None
     R.dump()
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    R.meta["copy_GBps_read_plus_write"] = 2 * a.numel() / _bench(lambda: b.copy_(a), 50) / 1e3
-    del a, b
+    if DEV == "cuda":
+        a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+        b = torch.empty_like(a)
+        R.meta["copy_GBps_read_plus_write"] = 2 * a.numel() / _bench(lambda: b.copy_(a), 50) / 1e3
+        del a, b
     for u in units:
         if u["unit"] == "dit":
-            run_dit(R, DIT_SCHEMES)
+            run_dit(R, dit_schemes)
         else:
             run_shape(R, u, case_names, gl)
         print(f"unit {u['unit']} done at {R.elapsed():.0f}s", file=sys.stderr, flush=True)
@@ -665,6 +684,7 @@ def main(argv=None):
     ap.add_argument("--ms", default=MS, help="M list (every shape)")
     ap.add_argument("--cases", default=",".join(CASES), help=f"our cases, from: {', '.join(CASES)}, w8a16")
     ap.add_argument("--no-dit", action="store_true", help="leave out the DiT-block unit")
+    ap.add_argument("--dit-schemes", default=",".join(DIT_SCHEMES), help="schemes of the DiT-block unit")
     ap.add_argument("--part", default="1/1", help="i/n: run the i-th of n cost-balanced groups of units")
     ap.add_argument("--budget-s", type=float, default=0.0, help="skip the remaining cases once this many s passed")
     ap.add_argument("--rep-ms", type=int, default=20, help="do_bench rep (ms) per case and mode")
@@ -677,6 +697,10 @@ def main(argv=None):
     ap.add_argument("--table", default="", help="print the table of this JSON and exit")
     ap.add_argument("--preference", default="", help="print the cutlass_w8a8 PREFERENCE entry this JSON supports")
     ap.add_argument("--profile-host", default="", help="write a cProfile of eager M=1 calls here and exit")
+    ap.add_argument("--dry-cpu", action="store_true",
+                    help="CPU dry run of the whole pipeline (tiny shapes and DiT block, Triton interpreter, no "
+                         "timings): catches a broken case before GPU time is spent.  Triton 3.6's interpreter has no "
+                         "tl.dot_scaled (MX cases error) and mis-evaluates bf16 tl.dot (w4a16 FAILs there)")
     a = ap.parse_args(argv)
     if a.table:
         with open(a.table) as f:
@@ -698,6 +722,7 @@ def main(argv=None):
     unknown = [c for c in names if c not in CASES]
     if unknown:
         raise SystemExit(f"--cases: unknown {unknown}; known: {', '.join(CASES)}, w8a16")
+    dit_schemes = tuple(d for d in a.dit_schemes.split(",") if d)
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",") if s]
     units = _units(shapes, [int(s) for s in a.ms.split(",")], dit=not a.no_dit)
     i, n_parts = _parse_part(a.part)
@@ -709,13 +734,25 @@ def main(argv=None):
             print(f"part {j}/{n_parts}: {[u['unit'] for u in gr]}: {pts} (shape, M) points x {n_cases} cases x "
                   f"(eager + graph) do_bench of {a.rep_ms} ms; estimate ~{ld:.0f} s plus Triton compiles")
         return 0
+    if a.dry_cpu:
+        global DEV
+        from omni_npu_quant.kernels.cuda.jit import interpret
+
+        interpret.enable()
+        DEV = "cpu"
+        DIT.update(dim=256, heads=2, head_dim=128, mlp=1024, img_tokens=64, txt_tokens=16)
+        units = _units([(64, 512)], [1, 17], dit=not a.no_dit)
+        res = run(units, names, a.out, 1, False, 0.0, a.check_tol, a.graph_max_m, "dry-cpu", dit_schemes)
+        print(table(res))
+        return 0
     if not torch.cuda.is_available():
         print("bench_linear: needs a CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
     if a.profile_host:
         profile_host(a.profile_host)
         return 0
-    res = run(groups[i - 1], names, a.out, a.rep_ms, not a.no_gemlite, a.budget_s, a.check_tol, a.graph_max_m, a.part)
+    res = run(groups[i - 1], names, a.out, a.rep_ms, not a.no_gemlite, a.budget_s, a.check_tol, a.graph_max_m, a.part,
+              dit_schemes)
     print(table(res))
     return 0
 

@@ -110,3 +110,28 @@ def test_session_script_merges_and_packs_out(tmp_path):
     assert len(json.loads((out / "bench.json").read_text())["rows"]) == 7
     with tarfile.open(out / "logs.tgz") as t:
         assert any(n.startswith("logs") for n in t.getnames())
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_whole_pipeline(tmp_path):
+    """The benchmark end to end on the CPU (tiny shapes, Triton interpreter): cases, reference check, DiT block
+    through quantize_, JSON; the CUTLASS case is recorded as not run with its refusal (no compiled vLLM here)."""
+    out = tmp_path / "dry.json"
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    env.pop("OMNI_NPU_QUANT_CUDA_CUTLASS", None)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench_linear.py"), "--dry-cpu", "--cases",
+                        "w8a8_dynamic,w8a8_dynamic[cuda.cutlass_w8a8]", "--dit-schemes", "w8a8_dynamic", "--out",
+                        str(out)], capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["meta"]["finished"] is True
+    rows = {(row["unit"], row["m"], row["what"]): row for row in res["rows"]}
+    for m in (1, 17):
+        assert ("64x512", m, "bf16 F.linear") in rows
+        w = rows[("64x512", m, "w8a8_dynamic")]
+        assert w["check"] == "ok" and w["kernel"] == "cuda.int8_dynamic" and w["rel_vs_bf16"] < 0.05
+    d = rows[("dit", 80, "DiT block w8a8_dynamic")]
+    assert d["check"] == "ok" and d["quantized_layers"] == 12 and "cuda.int8_dynamic" in d["kernel"]
+    assert ("dit", 80, "DiT block bf16") in rows
+    why = res["meta"]["unavailable"]["64x512 w8a8_dynamic[cuda.cutlass_w8a8]"]
+    assert "compiled CUDA ops are not loaded" in why or "does not import" in why

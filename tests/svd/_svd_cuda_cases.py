@@ -83,7 +83,8 @@ def check_layer(cuda_be, ref_be, name, dtype, ms, *, n, k, rank, bias, zero_bran
         x = (torch.randn(m, k, generator=g) * 2).to(dtype)
         xd = x.to(device)
         qa, qc = ref_be.quantize_activation(pr, x), cuda_be.quantize_activation(pc, xd)
-        if set(qa) != set(qc) or not all(torch.equal(_bytes(qc[key].cpu()), _bytes(qa[key])) for key in qa):
+        # every output the reference quantizer reports, byte for byte (a kernel may report more, e.g. its GEMM layout)
+        if not set(qa) <= set(qc) or not all(torch.equal(_bytes(qc[key].cpu()), _bytes(qa[key])) for key in qa):
             fails.append((name, str(dtype), m, "quantizer bytes differ"))
         res_r = pr.residual.kernel.apply(pr.residual, x, add_bias=True).float()
         res_c = pc.residual.kernel.apply(pc.residual, xd, add_bias=True).float().cpu()

@@ -1,6 +1,7 @@
 """``cuda.svd`` on a GPU: every SVD scheme (msModelSlim ``*_svd`` and nunchaku ``svdq_*``) against the reference
 backend on fresh random inputs (M in {1, 16, 300}, bf16 / fp16, bias, odd rank, an all-zero branch), the Triton
-low-rank branch kernel against its pure-torch twin, CUDA-graph capture and torch.compile.
+low-rank branch kernel against its pure-torch twin, CUDA-graph capture and torch.compile; and, only where nunchaku
+is installed and builds for the GPU (not SM90), nunchaku's own kernels (``cuda.svdq_nunchaku``) against the reference.
 
 Tolerances per residual family and for the branch: tests/svd/_svd_cuda_cases.py (module docstring).  The same
 checks run on the CPU in Triton's interpreter for the residuals the interpreter can run (int8, svdq):
@@ -102,3 +103,26 @@ def test_torch_compile_custom_op(monkeypatch):
     for m in (16, 19):
         x = torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16)
         assert torch.equal(cf(x), f(x))
+
+
+def test_nunchaku_entry_vs_reference():
+    """``cuda.svdq_nunchaku`` (nunchaku's own kernels) where nunchaku is installed and builds for this GPU (SM80 /
+    SM86 / SM89 / SM120; not the H200): against the reference within nunchaku's rounding (16-bit group partials,
+    the residual rounded before the branch is added), relative L2 <= 2e-2."""
+    from omni_npu_quant.kernels.cuda.svdq_nunchaku import CudaSVDQNunchaku
+    from omni_npu_quant.platform import detect_device
+
+    ok, why = CudaSVDQNunchaku.is_supported(detect_device())
+    if not ok:
+        pytest.skip(f"cuda.svdq_nunchaku not usable here: {why}")
+    fams = ("svdq_int4", "svdq_nvfp4") if detect_device().family == "sm120" else ("svdq_int4",)
+    ref, be = ReferenceBackend(), CudaBackend(kernel="cuda.svdq_nunchaku")
+    for name in fams:
+        s, t = C.make_layer(name, 256, 256, 16, bias=True, zero_branch=False, seed=8)
+        p = be.prepare(s, t, torch.bfloat16)
+        assert p.kernel.name == "cuda.svdq_nunchaku"
+        pr = ref.prepare(s, t, torch.bfloat16)
+        for m in MS:
+            x = torch.randn(m, 256, generator=torch.Generator().manual_seed(m)).bfloat16()
+            y, yr = be.apply(p, x.to(DEV)).float().cpu(), ref.apply(pr, x).float()
+            assert ((y - yr).norm() / yr.norm()).item() <= 2e-2, (name, m)

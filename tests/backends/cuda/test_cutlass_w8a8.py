@@ -247,3 +247,19 @@ def test_call_contract_with_a_fake_vllm_op():
     r = subprocess.run([sys.executable, "-c", CONTRACT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "FAILS []" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_sm100_native_mx_paths_stay_behind_their_checks_on_sm90():
+    """Issue 14 item 3: SM100 paths (native MX MMA) are refused or not taken on SM90, each with its reason."""
+    from omni_npu_quant.kernels.cuda.mx import CudaMX
+    from omni_npu_quant.kernels.cuda.mx_fp8tc import CudaMXFp8TC
+
+    sm100 = DeviceInfo("cuda", "sm100", "B200", probed=True)
+    ok, why = CudaMXFp8TC.is_supported(sm100)
+    assert not ok and "native MX tensor cores" in why
+    ok, why = CW.CudaCutlassW8A8Static.is_supported(sm100)
+    assert not ok and "cc >= 10.0" in why
+    on_sm90 = CudaMX(Target(SM90, "cpu")).mode(get_scheme("mxfp4"))[1]
+    on_sm100 = CudaMX(Target(sm100, "cpu")).mode(get_scheme("mxfp4"))[1]
+    assert "no MX tensor cores on SM90" in on_sm90 and "native MX" not in on_sm90
+    assert "native MX tensor cores" in on_sm100 and "untested" in on_sm100

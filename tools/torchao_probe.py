@@ -68,8 +68,18 @@ if sys.argv[2] == "1" and res["cuda"] and res["ops"].get(op, {}).get("CUDA"):
     xq = (x.float() / sx[:, None]).to(torch.float8_e4m3fn)
     try:
         wc, meta = torch.ops.torchao.to_sparse_semi_structured_cutlass_sm9x_f8(wq)
-        f = lambda: torch.ops.torchao.rowwise_scaled_linear_sparse_cutlass_f8f8(xq, sx, wc, meta, sw, None, torch.bfloat16)
-        y = f()
+        errs = []
+        for sdt in (torch.float32, torch.bfloat16):  # scale dtypes the extension may be built for
+            sxd, swd = sx.to(sdt), sw.to(sdt)
+            f = lambda: torch.ops.torchao.rowwise_scaled_linear_sparse_cutlass_f8f8(xq, sxd, wc, meta, swd, None,
+                                                                                    torch.bfloat16)
+            try:
+                y = f()
+                break
+            except Exception as e:
+                errs.append(f"{sdt}: {e!r}"[:200])
+        else:
+            raise RuntimeError("; ".join(errs))
         ref = (xq.float() * sx[:, None]) @ (wq.float() * sw[:, None]).t()
         wb = w24.to(torch.bfloat16)
         t_sp = do_bench(f, warmup=5, rep=50, return_mode="median") * 1e3
@@ -77,6 +87,7 @@ if sys.argv[2] == "1" and res["cuda"] and res["ops"].get(op, {}).get("CUDA"):
         res["sparse_f8f8_timing"] = {"n": n, "k": k, "m": m, "sparse_f8f8_us": t_sp, "bf16_linear_us": t_bf,
                                      "vs_bf16": t_bf / t_sp,
                                      "rel_err_vs_dequant": float((y.float() - ref).norm() / ref.norm()),
+                                     "scale_dtype": str(sxd.dtype), "scale_dtype_errors": errs,
                                      "note": "L2-warm single layer; 2:4-pruned weight; information only"}
     except Exception as e:
         res["sparse_f8f8_timing"] = {"error": repr(e)[:400]}
@@ -97,7 +108,7 @@ def probe(wheel: str, workdir: str, do_time: bool, py: str) -> dict:
         return out
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the target dir, not the repo's torchao
     r = subprocess.run([py, "-c", CHILD, target, "1" if do_time else "0"], capture_output=True, text=True,
-                       timeout=150, env=env)
+                       timeout=100, env=env)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         out["child_error"] = f"rc={r.returncode}: " + (r.stderr or r.stdout)[-800:]

@@ -5,17 +5,22 @@ element by its E8M0 scale; at M <= 16 that ALU work, not the weight stream, boun
 
 MX (``mx_gemv``; schemes mxfp4, w4a8_mxfp, mxfp8, mxfp4_dual):
 
-* packed FP4 weights are loaded as int32 words (8 nibbles, tile [BLOCK_N, BLOCK_K/32, 4] words);
-  each nibble ``s e1 e0 m`` becomes the fp16 bit pattern ``s<<15 | (e1 e0 m)<<9`` (two shifts, two
-  ands, one or), whose value is exactly ``e2m1 * 2**-14`` (e = 0, m = 1 is an fp16 subnormal that the
-  fp16 -> fp32 conversion makes exact and normal); E4M3 weights use the hardware fp8 -> fp32
-  conversion on the GPU (bit arithmetic in the interpreter, ``mx_codec.e4m3_value``);
+* packed FP4 weights are loaded as int32 words (8 nibbles; tile [BLOCK_N, BLOCK_K/32, 4] words, so a
+  thread's vector load holds whole 32-blocks).  GEMV form: nibbles j and j + 4 of a word become two bf16
+  bit patterns ``s<<15 | (e1 e0 m)<<6`` in one int32 (two shifts and one masked or for two values), read
+  as fp32 (high half as is, low half after a 16-bit shift): exactly ``e2m1 * 2**-126`` (e = 0, m = 1 is
+  the fp32 subnormal 2**-127; the compiled PTX uses ``mul.rn.f32`` / ``add.rn.f32`` without ``.ftz``,
+  checked for sm90).  The activation bytes are read as int32 words too (FP4: one per weight word; E4M3:
+  two) and decoded with ``mx_codec``.  E4M3 weights: hardware fp8 -> fp32 conversion on the GPU (bit
+  arithmetic in the interpreter), tile [BLOCK_N, BLOCK_K/32, 2, 16];
 * GEMV form (``BLOCK_M <= 4``, no tensor cores): per activation row, products are summed per
   32-element block (``tl.sum``), and the block sum is multiplied once by
-  ``2**(cw - 127) * 2**(ca - 127) * 2**14`` (the two E8M0 block scales and the fp16 bias fix, built
-  as fp32 exponent bits in two clamped factors; code 255 = NaN as ``numerics.e8m0``).  Block scales
-  are powers of two, so ``sum(x) * 2**s == sum(x * 2**s)`` whenever nothing under/overflows;
-* dot form (``BLOCK_M`` 8 / 16): weights dequantized per element (fp16 trick, then the block scale)
+  ``2**(cw - 127) * 2**(ca - 127) * 2**bias`` (the two E8M0 block scales and the decode's bias fix, 126
+  for FP4 weights, built as fp32 exponent bits in clamped factors; code 255 = NaN as ``numerics.e8m0``).
+  Block scales are powers of two, so ``sum(x) * 2**s == sum(x * 2**s)`` whenever nothing
+  under/overflows (products of 2**-126-scaled values stay multiples of 2**-136: exact even as subnormals);
+* dot form (``BLOCK_M`` 16, also forced with ``dot=True``): weights dequantized per element (FP4 nibble ->
+  fp16 bits ``s<<15 | (e1 e0 m)<<9`` = ``e2m1 * 2**-14``, exact after fp16 -> fp32; then the block scale)
   to exact bf16 and one ``tl.dot`` per K tile (fp32 accumulation), as ``decode.py``;
 * split-K: programs (N tile, K slice) write fp32 partials (SPLIT, M, N) into a fixed workspace;
   ``decode.splitk_reduce_kernel`` sums them in slice order (deterministic), adds the fp32 bias and
@@ -23,8 +28,10 @@ MX (``mx_gemv``; schemes mxfp4, w4a8_mxfp, mxfp8, mxfp4_dual):
 
 Exactness E1: every product of two MX values is exact in fp32; only the fp32 summation order differs
 from ``twins.twin_mx_gemm`` (plus, at the fp32 underflow boundary, where a block sum is scaled: a
-block whose scaled products are fp32 subnormals).  The activation bytes are the fused quantizer's
-(``ops.mx_quant`` / ``ops.dual_quant``), so ``quantize_activation`` is what apply uses.
+block whose scaled products are fp32 subnormals, and results that overflow anyway: a block sum that
+cancels before scaling can give +-inf where the reference's inf + -inf gives NaN).  The activation
+bytes are the fused quantizer's (``ops.mx_quant`` / ``ops.dual_quant``), so ``quantize_activation`` is
+what apply uses.
 
 int8 (``int8_gemv``; w8a8_dynamic per-channel and w8a8_static): split-K; M <= 4 GEMV (int8 loads,
 int32 multiply + ``tl.sum``), larger M an int8 ``tl.dot``; int32 partials (exact, so the split does
@@ -35,7 +42,7 @@ not change anything) summed by ``int8_reduce_kernel``, whose epilogue is the op 
 Switch: ``OMNI_NPU_QUANT_CUDA_GEMV=1`` (or backend option ``gemv=True`` / ``"1"``) routes every
 M <= 16 call of ``cuda.mx`` and ``cuda.int8_*`` here; unset or ``0``: the previous paths (default,
 until the H200 probe ``tools/decode_probe.py`` has numbers).  Configs come from ``MX_CONFIGS`` /
-``INT8_CONFIGS`` by M bucket, chosen per (N, K) with plain ints (``plan_*``, memoised); the split
+``INT8_CONFIGS`` by M bucket, chosen per (N, K) with plain ints (``plan``, memoised); the split
 workspace is one buffer per device, grown outside capture (``reserve``) and shared by all layers
 (one stream runs them in order).
 """
@@ -90,6 +97,20 @@ def _fp4_words_to_f32(wd):
 
 
 @triton.jit
+def _fp4_nibbles_f32(wd, J: tl.constexpr):
+    """int32 words (8 E2M1 nibbles, low first) -> (nibble J, nibble J + 4) as fp32 = e2m1 * 2**-126 (exact).
+
+    Both nibbles are turned into bf16 bit patterns in one int32 (``s<<15 | (e1 e0 m)<<6`` in each half:
+    two shifts and a masked or for two values); the high half is an fp32 as is, the low half after a
+    16-bit shift.  e = 0, m = 1 becomes the fp32 subnormal 2**-127 (PTX mul/fma here do not flush)."""
+    t = wd >> (4 * J)
+    pair = ((t << 6) & 0x01C001C0) | ((t << 12) & -2147450880)  # masks 0x01C001C0, 0x80008000
+    hi = (pair & -65536).to(tl.float32, bitcast=True)  # 0xFFFF0000
+    lo = (pair << 16).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
 def _pow2c(e):
     """fp32 2**e for int32 e clamped to [-126, 127] (exact inside)."""
     e = tl.minimum(tl.maximum(e, -126), 127)
@@ -108,33 +129,63 @@ def _block_scale(cw, ca, BIAS: tl.constexpr):
 
 
 @triton.jit
+def _block_scale3(cw, ca, BIAS: tl.constexpr):
+    """As ``_block_scale`` for exponents up to 3 * 127 (BIAS 126): three clamped factors."""
+    e = cw + ca - 254 + BIAS
+    e1 = tl.minimum(tl.maximum(e, -126), 127)
+    r = e - e1
+    e2 = tl.minimum(tl.maximum(r, -126), 127)
+    f1 = ((e1 + 127) << 23).to(tl.float32, bitcast=True)
+    f1 = tl.where((cw == 255) | (ca == 255), float("nan"), f1)
+    return f1, ((e2 + 127) << 23).to(tl.float32, bitcast=True), _pow2c(r - e2)
+
+
+@triton.jit
 def _act_vals(a_ptr, row, k, A_FP4: tl.constexpr, HW8: tl.constexpr):
     """Activation codes of one row at K indices k (any shape) -> exact unscaled fp32 values."""
     if A_FP4:
         p = tl.load(a_ptr + row + k // 2).to(tl.int32)
-        return e2m1_value((p >> ((k & 1) * 4)) & 0xF)
-    if HW8:
-        return tl.load(a_ptr + row + k).to(tl.float32)
-    return e4m3_value(tl.load(a_ptr + row + k).to(tl.int32))
+        v = e2m1_value((p >> ((k & 1) * 4)) & 0xF)
+    elif HW8:
+        v = tl.load(a_ptr + row + k).to(tl.float32)
+    else:
+        v = e4m3_value(tl.load(a_ptr + row + k).to(tl.int32))
+    return v
 
 
 @triton.jit
-def _w_vals(w_ptr, rn, nmask, stride_wn, k0, W_FP4: tl.constexpr, HW8: tl.constexpr, BLOCK_N: tl.constexpr,
-            NB: tl.constexpr):
-    """Weight tile [BLOCK_N, NB, 32] (NB blocks of 32 from k0) as fp32 (FP4: value * 2**-14; E4M3: value)."""
+def _kidx(k0, NB: tl.constexpr, W_FP4: tl.constexpr):
+    """K indices of NB blocks from k0 in the weight tile's trailing shape: FP4 [NB, 4, 8] (4 int32 words of
+    8 nibbles per block), E4M3 [NB, 2, 16] (two 16-byte halves per block)."""
+    A: tl.constexpr = 4 if W_FP4 else 2
+    B: tl.constexpr = 8 if W_FP4 else 16
+    bi = tl.arange(0, NB)
+    ai = tl.arange(0, A)
+    ji = tl.arange(0, B)
+    return k0 + bi[:, None, None] * 32 + ai[None, :, None] * B + ji[None, None, :]
+
+
+@triton.jit
+def _w_vals(w_ptr, rn, nmask, stride_wn, k0, W_FP4: tl.constexpr, HW8: tl.constexpr, NB: tl.constexpr):
+    """Weight tile as fp32 [BLOCK_N, NB, 4, 8] (FP4: value * 2**-14) or [BLOCK_N, NB, 2, 16] (E4M3: value).
+
+    The trailing dims hold one 32-block, so a thread's contiguous load (16 bytes) covers whole blocks or
+    halves and the per-block sums stay mostly in registers."""
     if W_FP4:  # int32 words: 4 per block; w_ptr is int32, stride in words
         bi = tl.arange(0, NB)
         wi = tl.arange(0, 4)
         offs = rn[:, None, None] * stride_wn + (k0 // 8 + bi * 4)[None, :, None] + wi[None, None, :]
         wd = tl.load(w_ptr + offs, mask=nmask[:, None, None], other=0)
-        return tl.reshape(_fp4_words_to_f32(wd), [BLOCK_N, NB, 32])
+        v = _fp4_words_to_f32(wd)
     else:
-        bi = tl.arange(0, NB)
-        ei = tl.arange(0, 32)
-        offs = rn[:, None, None] * stride_wn + (k0 + bi * 32)[None, :, None] + ei[None, None, :]
+        kk = _kidx(k0, NB, False)
+        offs = rn[:, None, None, None] * stride_wn + kk[None, :, :, :]
+        m4 = nmask[:, None, None, None]
         if HW8:
-            return tl.load(w_ptr + offs, mask=nmask[:, None, None], other=0.0).to(tl.float32)
-        return e4m3_value(tl.load(w_ptr + offs, mask=nmask[:, None, None], other=0).to(tl.int32))
+            v = tl.load(w_ptr + offs, mask=m4, other=0.0).to(tl.float32)
+        else:
+            v = e4m3_value(tl.load(w_ptr + offs, mask=m4, other=0).to(tl.int32))
+    return v
 
 
 @triton.jit
@@ -143,14 +194,14 @@ def _mx_tile(acc, a_ptr, as_ptr, w_ptr, ws_ptr, rm, M, rn, nmask, stride_am, str
              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr, DOT_BF16: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 32
     BIAS: tl.constexpr = 14 if W_FP4 else 0
-    w = _w_vals(w_ptr, rn, nmask, stride_wn, k0, W_FP4, HW8, BLOCK_N, NB)  # [BN, NB, 32]
     bi = tl.arange(0, NB)
     cw = tl.load(ws_ptr + rn[:, None] * stride_wsn + k0 // 32 + bi[None, :], mask=nmask[:, None],
                  other=PAD_CODE).to(tl.int32)  # [BN, NB]
     if DOT:
         # exact dequantized weight (bf16) and activation, one tensor-core dot
+        w = _w_vals(w_ptr, rn, nmask, stride_wn, k0, W_FP4, HW8, NB)  # [BN, NB, A, B]
         f1, f2 = _block_scale(cw, tl.full([BLOCK_N, NB], 127, tl.int32), BIAS)
-        wd = tl.reshape((w * f1[:, :, None]) * f2[:, :, None], [BLOCK_N, BLOCK_K])
+        wd = tl.reshape((w * f1[:, :, None, None]) * f2[:, :, None, None], [BLOCK_N, BLOCK_K])
         kk = k0 + tl.arange(0, BLOCK_K)
         mm = rm < M
         ca = tl.load(as_ptr + rm[:, None] * stride_asm + (kk // 32)[None, :], mask=mm[:, None],
@@ -163,14 +214,46 @@ def _mx_tile(acc, a_ptr, as_ptr, w_ptr, ws_ptr, rm, M, rn, nmask, stride_am, str
             acc = tl.dot(ad.to(tl.bfloat16), tl.trans(wd.to(tl.bfloat16)), acc)
         else:
             acc = tl.dot(ad, tl.trans(wd), acc)
-    else:
-        ei = tl.arange(0, 32)
-        kk3 = k0 + bi[:, None] * 32 + ei[None, :]  # [NB, 32]
+    elif W_FP4:
+        # packed FP4 GEMV: words [BN, NB, 4] stay in their load layout; nibble j and j + 4 of every word
+        # decoded two at a time; per-block sums, then one scale per (row, block)
+        wi = tl.arange(0, 4)
+        offs = rn[:, None, None] * stride_wn + (k0 // 8 + bi * 4)[None, :, None] + wi[None, None, :]
+        wd = tl.load(w_ptr + offs, mask=nmask[:, None, None], other=0)
+        widx = k0 // 8 + bi[:, None] * 4 + wi[None, :]  # [NB, 4]: word index (8 K positions each)
         for i in tl.static_range(BLOCK_M):
             if i < M:
-                av = _act_vals(a_ptr, i * stride_am, kk3, A_FP4, HW8)  # [NB, 32]
+                # activation as int32 words too (a_ptr is int32 here): FP4 one word, E4M3 two per weight word
+                if A_FP4:
+                    aw0 = tl.load(a_ptr + i * stride_am + widx)
+                    aw1 = aw0
+                else:
+                    aw0 = tl.load(a_ptr + i * stride_am + 2 * widx)
+                    aw1 = tl.load(a_ptr + i * stride_am + 2 * widx + 1)
+                part = tl.zeros([BLOCK_N, NB, 4], dtype=tl.float32)
+                for j in tl.static_range(4):
+                    lo, hi = _fp4_nibbles_f32(wd, j)
+                    if A_FP4:
+                        a_lo = e2m1_value((aw0 >> (4 * j)) & 0xF)
+                        a_hi = e2m1_value((aw1 >> (4 * j + 16)) & 0xF)
+                    else:
+                        a_lo = e4m3_value((aw0 >> (8 * j)) & 0xFF)
+                        a_hi = e4m3_value((aw1 >> (8 * j)) & 0xFF)
+                    part = part + lo * a_lo[None, :, :]
+                    part = part + hi * a_hi[None, :, :]
+                bs = tl.sum(part, axis=2)  # [BN, NB]
+                ca = tl.load(as_ptr + i * stride_asm + k0 // 32 + bi).to(tl.int32)
+                f1, f2, f3 = _block_scale3(cw, ca[None, :], 126)
+                contrib = tl.sum(((bs * f1) * f2) * f3, axis=1)
+                acc = tl.where((rm == i)[:, None], acc + contrib[None, :], acc)
+    else:
+        w = _w_vals(w_ptr, rn, nmask, stride_wn, k0, W_FP4, HW8, NB)  # E4M3: [BN, NB, 2, 16]
+        kk3 = _kidx(k0, NB, W_FP4)  # [NB, 2, 16]
+        for i in tl.static_range(BLOCK_M):
+            if i < M:
+                av = _act_vals(a_ptr, i * stride_am, kk3, A_FP4, HW8)  # [NB, A, B]
                 ca = tl.load(as_ptr + i * stride_asm + k0 // 32 + bi).to(tl.int32)  # [NB]
-                bs = tl.sum(w * av[None, :, :], axis=2)  # [BN, NB]
+                bs = tl.sum(tl.sum(w * av[None, :, :, :], axis=3), axis=2)  # [BN, NB] per-block sums
                 f1, f2 = _block_scale(cw, ca[None, :], BIAS)
                 contrib = tl.sum((bs * f1) * f2, axis=1)  # [BN]
                 acc = tl.where((rm == i)[:, None], acc + contrib[None, :], acc)
@@ -354,7 +437,12 @@ def mx_gemv(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: bool, *, b
     dual = l0x is not None
     bn, bk, nw, ns, ks, split = plan("mx", n, kp, bm, dual, cfg)
     hw8 = not _INTERPRETED
-    a_t = a_q.view(torch.uint8) if a_fp4 or not hw8 else a_q.view(torch.float8_e4m3fn)
+    if w_fp4 and not use_dot:  # packed-FP4 GEMV form reads the activation bytes as int32 words
+        if a_q.shape[1] % 4 or a_q.stride(0) % 4 or a_q.data_ptr() % 4 or a_q.stride(1) != 1:
+            raise ValueError("mx_gemv: activation rows must be contiguous and 4-byte aligned")
+        a_t = a_q.view(torch.uint8).view(torch.int32)
+    else:
+        a_t = a_q.view(torch.uint8) if a_fp4 or not hw8 else a_q.view(torch.float8_e4m3fn)
     if w_fp4:
         if w_q.shape[1] % 4 or w_q.stride(0) % 4 or w_q.data_ptr() % 4:
             raise ValueError("mx_gemv: packed FP4 weight rows must be 4-byte aligned (Kp % 8 == 0)")

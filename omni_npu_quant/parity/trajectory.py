@@ -432,6 +432,10 @@ class TrajectoryRunner:
         try:
             for s, m in modules.items():
                 setattr(self.pipe, s, m)
+            # The float runs of several devices leave the pipeline on the last one: bring the other components
+            # (text encoders, VAE) to this variant's device. The float transformer(s) are not in the pipeline now,
+            # so they are not copied along.
+            self._to(dev)
             res = self._generate(dev)
         finally:
             self._restore()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -109,6 +110,16 @@ class _CutlassMixin:
         return (f"{cls.name}: only vLLM's SM90 (c3x) epilogue was read and mapped onto our reference, not "
                 f"{family}'s")
 
+    @classmethod
+    def is_supported(cls, device):
+        ok, why = super().is_supported(device)
+        if not ok or not device.probed:  # a named profile: the packages are looked at on a real device only
+            return ok, why
+        if device.interpreted and "vllm._custom_ops" not in sys.modules:
+            return False, "Triton interpreter on the CPU: vLLM's compiled CUDA ops need a GPU"
+        ops, why = vllm_ops(cls.op_name)
+        return (ops is not None), why
+
     @property
     def cutlass_mode(self) -> str:
         mode = str(self.target.options.get("cutlass") or os.environ.get(CUTLASS_ENV, "auto")).lower()
@@ -134,14 +145,11 @@ class _CutlassMixin:
         if n is not None and k is not None and (n % 16 or k % 16):
             return False, (f"N={n}, K={k}: vLLM's CUTLASS int8 GEMM needs N and K multiples of 16 (vLLM itself "
                            f"falls back to a Triton GEMM there)")
-        ops, why = vllm_ops(self.op_name)
-        if ops is None:
-            return False, why
         return True, ""
 
     def _ops(self):
         ops, why = vllm_ops(self.op_name)
-        if ops is None:  # prepare passed can_implement; the probe is cached, so this is a programming error
+        if ops is None:  # only reached when the kernel is constructed by hand on a device is_supported refused
             raise RuntimeError(f"{self.name}: {why}")
         return ops
 

@@ -80,7 +80,7 @@ def test_auto_mode_refuses_without_a_measured_preference(monkeypatch):
 def test_vllm_not_importable_or_not_compiled(monkeypatch):
     monkeypatch.setattr(CW, "_PROBE", {})
     monkeypatch.setitem(sys.modules, "vllm._custom_ops", None)  # import raises ImportError
-    ok, why = _kernel(cutlass="on").can_implement(get_scheme("w8a8_dynamic"), 64, 256, torch.bfloat16)
+    ok, why = CW.CudaCutlassW8A8.is_supported(SM90)
     assert not ok and "vllm._custom_ops does not import" in why
     mod = types.ModuleType("vllm._custom_ops")
     mod.cutlass_scaled_mm = lambda *a: None
@@ -88,11 +88,25 @@ def test_vllm_not_importable_or_not_compiled(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm._custom_ops", mod)
     monkeypatch.setattr(CW, "_PROBE", {})
     monkeypatch.setattr(CW, "_op_loaded", lambda name: False)
-    ok, why = _kernel(cutlass="on").can_implement(get_scheme("w8a8_dynamic"), 64, 256, torch.bfloat16)
+    ok, why = CW.CudaCutlassW8A8.is_supported(SM90)
     assert not ok and "compiled CUDA ops are not loaded" in why and "torch.ops._C.cutlass_scaled_mm" in why
-    ok, why = _kernel(CW.CudaCutlassW8A8Static, cutlass="on").can_implement(get_scheme("w8a8_static"), 64, 256,
-                                                                            torch.bfloat16)
+    ok, why = CW.CudaCutlassW8A8Static.is_supported(SM90)
     assert not ok and "has no cutlass_scaled_mm_azp" in why
+    # a named profile (capability tables): packages are not looked at, the mode / preference decide
+    assert CW.CudaCutlassW8A8.is_supported(DeviceInfo("cuda", "sm90", "sm90")) == (True, "")
+
+
+def test_interpreter_refuses_without_importing_vllm(monkeypatch):
+    monkeypatch.delitem(sys.modules, "vllm._custom_ops", raising=False)
+    monkeypatch.setattr(CW, "_PROBE", {})
+    interp = DeviceInfo("cuda", "sm90", "triton-interpreter", probed=True, interpreted=True)
+    ok, why = CW.CudaCutlassW8A8.is_supported(interp)
+    assert not ok and "interpreter" in why and CW._PROBE == {}
+
+
+def test_fake_ops_pass_is_supported(fake_vllm):
+    assert CW.CudaCutlassW8A8.is_supported(SM90) == (True, "")
+    assert CW.CudaCutlassW8A8Static.is_supported(SM90) == (True, "")
 
 
 def test_shape_and_dtype_refusals(fake_vllm):

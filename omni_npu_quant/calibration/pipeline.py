@@ -45,6 +45,7 @@ PRODUCER = "omni_npu_quant.calibrate"
 FORMAT_VERSION = 1  # of the work directory and the recipe
 DEFAULT_ALPHAS = (0.3, 0.5, 0.7, 0.9)  # 0.9 = msModelSlim iter_smooth default
 DEFAULT_CLAMPS = (None, 4.0)
+FOLD_MODES = ("keep", "unsmooth", "refuse")  # --fold-smooth-into-norm: what happens to layers that cannot be folded
 DEFAULT_IGNORED = ("lm_head",)  # msModelSlim never quantizes lm_head with its default adapter
 
 
@@ -79,6 +80,7 @@ class CalibOptions:
     overwrite: bool = False
     progress: bool = True
     fail_after_groups: int | None = None  # test hook: raise after this many newly finished groups
+    fold_smooth: str | None = None  # None | "keep" | "refuse": fold mul_scale into the preceding norm (checkpoint.fold)
 
 
 def work_dir_for(out: str | Path) -> Path:
@@ -372,6 +374,8 @@ def _calibrate_locked(opts: CalibOptions) -> dict:
     # 4. report + checkpoint
     report = _report(recipe, recipe_hash, scheme, mods, quantized, kept, results, model_err)
     float_tensors = _float_tensors(model, quantized)
+    if opts.fold_smooth:
+        layers, float_tensors = _fold(opts, scheme, model, groups, layers, float_tensors, calls[0], report)
     meta = {"producer": PRODUCER, "version": _version(), "recipe_hash": recipe_hash,
             "calibration": {"scheme": scheme.name, "report": REPORT_JSON, "recipe": recipe}}
     # the groups found from data flow (layers reading one input tensor) are recorded for the reader
@@ -383,6 +387,36 @@ def _calibrate_locked(opts: CalibOptions) -> dict:
                                 REPORT_MD: render_markdown(report)})
     shutil.rmtree(work.path, ignore_errors=True)
     return report
+
+
+def _fold(opts: CalibOptions, scheme, model, groups, layers, float_tensors, call, report):
+    """``--fold-smooth-into-norm``: msModelSlim's norm-linear fusion of mul_scale (checkpoint/fold.py).  Layers that
+    cannot be folded keep their wrapper with a warning ("keep"), are quantized again without smoothing (mul_scale = 1,
+    "unsmooth": the whole output is plain AscendV1), or stop the run before anything is written ("refuse"; the work
+    directory stays, so ``--resume`` with another mode is quick)."""
+    from ..checkpoint.fold import fold_smooth_into_norm
+
+    if opts.fold_smooth not in FOLD_MODES:
+        raise ValueError(f"--fold-smooth-into-norm {opts.fold_smooth!r}: use one of {', '.join(FOLD_MODES)}")
+    res = fold_smooth_into_norm(model, layers, float_tensors, call)
+    if res.kept and opts.fold_smooth == "refuse":
+        lines = "\n".join(f"  {p}: {why}" for p, why in sorted(res.kept.items()))
+        raise ValueError(f"--fold-smooth-into-norm refuse: {len(res.kept)} smoothed layer(s) cannot be folded into a "
+                         f"norm; nothing was written (rerun with --resume and --fold-smooth-into-norm keep or unsmooth, "
+                         f"or keep them float with --ignored-layers):\n{lines}")
+    out = dict(res.layers)
+    if opts.fold_smooth == "unsmooth":
+        mods, stats_of = dict(model.named_modules()), {n: g for g in groups for n in g.members}
+        for p in sorted(res.kept):
+            lin = mods[p]
+            out[p] = (out[p][0], quantize_member(scheme, lin.weight.detach(), None if lin.bias is None
+                                                 else lin.bias.detach(), stats_of[p], None))
+    for p, why in sorted(res.kept.items()):
+        what = ("is quantized without smoothing (mul_scale = 1)" if opts.fold_smooth == "unsmooth" else
+                "keeps msModelSlim's non-fusion smoothing wrapper (which vllm-ascend does not load)")
+        print(f"warning: --fold-smooth-into-norm: {p} {what}: {why}", file=sys.stderr)
+    report["fold_smooth_into_norm"] = {"mode": opts.fold_smooth, "folded": res.folded, "kept": res.kept}
+    return out, res.float_tensors
 
 
 def _to(v, device):

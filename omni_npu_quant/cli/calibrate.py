@@ -75,6 +75,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.calib-work")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
     p.add_argument("--no-smooth", action="store_true", help="no mul_scale search (mul_scale = 1; static ranges only)")
+    p.add_argument("--fold-smooth-into-norm", nargs="?", const="keep", default=None,
+                   choices=("keep", "unsmooth", "refuse"), metavar="keep|unsmooth|refuse",
+                   help="msModelSlim's norm-linear fusion: fold each mul_scale into the norm before the layers "
+                        "(norm weight and bias x mul_scale) and write them as plain p.* layers, which vllm-ascend "
+                        "loads; only where that norm's output feeds nothing but those layers and they share one "
+                        "mul_scale. Layers that cannot be folded (e.g. o_proj, down_proj) keep the non-fusion wrapper "
+                        "with a warning ('keep', the default), are quantized without smoothing ('unsmooth': the "
+                        "whole checkpoint is plain), or stop the run before writing ('refuse')")
     p.add_argument("--alphas", type=_floats, default=DEFAULT_ALPHAS, metavar="A,B,...",
                    help=f"smoothing exponents to try (default {','.join(map(str, DEFAULT_ALPHAS))})")
     p.add_argument("--clamps", type=_clamps, default=DEFAULT_CLAMPS, metavar="C,...",
@@ -108,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         float_blocks=args.float_blocks, smooth=not args.no_smooth, alphas=args.alphas, clamps=args.clamps,
         scale_min=args.scale_min, max_rows=args.max_rows, num_samples=args.num_samples, seq_len=args.seq_len,
         seed=args.seed, model_layers=args.layers, evaluate=not args.no_eval, part_file_size=args.part_file_size,
-        resume=args.resume, overwrite=args.overwrite, progress=_progress(args))
+        resume=args.resume, overwrite=args.overwrite, progress=_progress(args), fold_smooth=args.fold_smooth_into_norm)
     try:
         rep = calibrate(opts)
     except (ValueError, OSError) as e:
@@ -117,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     n_smooth = sum(1 for r in rep["layers"] if r["mul_scale"])
     print(f"wrote {args.out}: {len(rep['layers'])} {rep['label']} layers ({n_smooth} with mul_scale), "
           f"{len(rep['kept_float'])} kept float; report {REPORT_MD}")
+    fold = rep.get("fold_smooth_into_norm")
+    if fold is not None:
+        n = sum(len(v) for v in fold["folded"].values())
+        print(f"folded mul_scale into {len(fold['folded'])} norm(s): {n} layer(s) written plain, "
+              f"{len(fold['kept'])} kept the non-fusion wrapper")
     me = rep.get("model_error")
     if me:
         print(f"model output rel-L2 vs float: mul_scale=1 {me['identity']:.4f} -> calibrated {me['calibrated']:.4f}")
@@ -143,7 +156,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         float_blocks=args.float_blocks, smooth=not args.no_smooth, alphas=args.alphas, clamps=args.clamps,
         scale_min=args.scale_min, max_rows=args.max_rows, num_samples=args.num_samples, seq_len=args.seq_len,
         seed=args.seed, evaluate=not args.no_eval, part_file_size=args.part_file_size, overwrite=args.overwrite,
-        progress=_progress(args))
+        progress=_progress(args), fold_smooth=args.fold_smooth_into_norm)
     try:
         res = calibrate_pipeline(opts, pipeline=args.pipeline, prompts=read_prompts(args.prompts), steps=args.steps,
                                  height=args.height, width=args.width, num_frames=args.num_frames,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_llama, write_ours
+from interop_models import tiny_llama, write_ours
 from omni_npu_quant.backends.registry import get_backend
 from omni_npu_quant.checkpoint import load_checkpoint
 from omni_npu_quant.schemes.registry import get_scheme
@@ -75,3 +75,41 @@ def test_vllm_ascend_w8a8_dynamic_fp16_is_refused_by_the_op_contract(va_methods,
     npu = get_backend("npu-sim:A2")
     y = npu.apply(npu.prepare(get_scheme("w8a8_dynamic"), e.tensors, torch.float16, k=e.k, where=prefix), x)
     assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+def _calibrate(tmp_path, model_dir, name, extra):
+    from omni_npu_quant.cli.main import main
+
+    out = tmp_path / name
+    assert main(["calibrate", "--model", str(model_dir), "--out", str(out), "--scheme", "w8a8_dynamic", "--no-progress",
+                 "--num-samples", "2", "--seq-len", "32", "--no-eval"] + extra) == 0
+    return out
+
+
+def test_vllm_ascend_loads_folded_smoothed_checkpoint(va_methods, tmp_path):
+    """Issue 17 item 6: a calibrated (smoothed) checkpoint is not understood by vllm-ascend -- its label lookup by
+    ``<prefix>.weight`` fails on the ``p.linear.*`` wrapper --, while ``--fold-smooth-into-norm unsmooth`` writes plain
+    AscendV1: vllm-ascend's own lookup finds W8A8_DYNAMIC for every linear (packed qkv_proj / gate_up_proj too) and its
+    W8A8_DYNAMIC method computes bit-identical outputs to our NPU backend on every layer."""
+    import json
+
+    from vllm_ascend_src import quant_type_lookup
+
+    lookup = quant_type_lookup()
+    model_dir = tmp_path / "model"
+    tiny_llama(torch.bfloat16, layers=1).save_pretrained(model_dir)
+    wrapped = _calibrate(tmp_path, model_dir, "wrapped", [])
+    folded = _calibrate(tmp_path, model_dir, "folded", ["--fold-smooth-into-norm", "unsmooth"])
+    names = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"]
+    d_wrapped = json.loads((wrapped / "quant_model_description.json").read_text())
+    with pytest.raises(KeyError):
+        lookup(d_wrapped, "model.layers.0.self_attn.qkv_proj", "linear", PACKED)
+    d_folded = json.loads((folded / "quant_model_description.json").read_text())
+    assert {lookup(d_folded, f"model.layers.0.{n}", "linear", PACKED) for n in names} == {"W8A8_DYNAMIC"}
+    ck = load_checkpoint(folded)
+    assert len(ck.layers) == 7 and not any("mul_scale" in e.tensors for e in ck.layers.values())
+    diffs = [(p, int((a.float() != b.float()).sum())) for p, a, b in compare_layers(va_methods, ck, torch.bfloat16)]
+    assert all(d == 0 for _, d in diffs), diffs

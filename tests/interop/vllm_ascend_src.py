@@ -11,6 +11,10 @@ files the two dense linear methods need, from that tree, as the real modules:
   ``quantization/quant_type.py``, ``quantization/methods/{base,registry,w8a8_static,w8a8_dynamic}.py``, and
   ``_quantize_impl`` from ``ops/register_custom_ops.py`` (the body of ``torch.ops.vllm.quantize``, registered here
   for the CPU dispatch key instead of ``PrivateUse1``);
+* ``quant_type_lookup()``: ``get_quant_type_for_layer`` / ``get_linear_quant_type`` of
+  ``quantization/modelslim_config.py`` (how ``--quantization ascend`` finds a layer's label in
+  ``quant_model_description.json``), parsed out of the file and executed unchanged (the module itself imports
+  the MoE stack);
 * package ``__init__`` files skipped (empty packages with the real ``__path__``);
 * stubs, none of them numeric: the modules ``w8a8_dynamic.py`` imports only for its MoE class
   (``ascend_forward_context``, ``distributed.parallel_state``, ``flash_common3_context``,
@@ -35,7 +39,7 @@ INSTALL_HINT = (f"vllm-ascend {VERSION}'s Python source is required for these te
                 f"wheel into <venv>/vllm-ascend-{VERSION}) or point {ENV} at a directory holding vllm_ascend/")
 FILES = ("envs.py", "ascend_config.py", "utils.py", "quantization/quant_type.py", "quantization/methods/base.py",
          "quantization/methods/registry.py", "quantization/methods/w8a8_static.py",
-         "quantization/methods/w8a8_dynamic.py", "ops/register_custom_ops.py")
+         "quantization/methods/w8a8_dynamic.py", "ops/register_custom_ops.py", "quantization/modelslim_config.py")
 _LIB = None  # the torch.library fragment holding vllm::quantize (kept alive for the process)
 
 
@@ -179,3 +183,21 @@ class Layer(torch.nn.Module):
                 p.data.copy_(src.reshape(p.shape))
                 self.loaded.append(name)
             self.register_parameter(name, p)
+
+
+def quant_type_lookup():
+    """vllm-ascend's ``get_quant_type_for_layer(quant_description, prefix, layer_type, packed_modules_mapping)``."""
+    miss = missing()
+    if miss:
+        raise FileNotFoundError(f"{INSTALL_HINT} (missing under {source_root()}: {', '.join(miss)})")
+    path = source_root() / "vllm_ascend/quantization/modelslim_config.py"
+    want = ("get_linear_quant_type", "get_quant_type_for_layer")
+    fns = [n for n in ast.parse(path.read_text(encoding="utf-8")).body
+           if isinstance(n, ast.FunctionDef) and n.name in want]
+    assert sorted(f.name for f in fns) == sorted(want), f"{path}: expected {want}"
+    import logging
+    from typing import Any
+
+    ns = {"Any": Any, "logger": logging.getLogger("vllm_ascend.modelslim_config")}
+    exec(compile(ast.Module(body=fns, type_ignores=[]), str(path), "exec"), ns)
+    return ns["get_quant_type_for_layer"]

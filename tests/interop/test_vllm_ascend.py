@@ -15,7 +15,7 @@ from omni_npu_quant.checkpoint import load_checkpoint
 from omni_npu_quant.schemes.registry import get_scheme
 from vllm_ascend_src import Layer
 
-SCHEME = {"W8A8_DYNAMIC": "w8a8_dynamic", "W8A8": "w8a8_static"}
+SCHEME = {"W8A8_DYNAMIC": "w8a8_dynamic", "W8A8": "w8a8_static", "W8A16": "w8a16"}
 
 
 def run_vllm_ascend(method_cls, tensors, n, k, dtype, prefix, x):
@@ -46,12 +46,15 @@ def compare_layers(va_methods, ck, dtype, seed=7):
     return out
 
 
-CASES = [("W8A8_DYNAMIC", torch.bfloat16), ("W8A8", torch.bfloat16), ("W8A8", torch.float16)]
+# (label, model dtype, attention biases); W8A16 bf16 without biases: see the refusal test below
+CASES = [("W8A8_DYNAMIC", torch.bfloat16, True), ("W8A8", torch.bfloat16, True), ("W8A8", torch.float16, True),
+         ("W8A16", torch.bfloat16, False), ("W8A16", torch.float16, True)]
 
 
-@pytest.mark.parametrize("label,dtype", CASES, ids=["W8A8_DYNAMIC-bf16", "W8A8-bf16", "W8A8-fp16"])
-def test_vllm_ascend_methods_bit_identical_on_our_checkpoint(va_methods, tmp_path, label, dtype):
-    ck = load_checkpoint(write_ours(tiny_llama(dtype), tmp_path / "ours", SCHEME[label]))
+@pytest.mark.parametrize("label,dtype,bias", CASES, ids=["W8A8_DYNAMIC-bf16", "W8A8-bf16", "W8A8-fp16",
+                                                         "W8A16-bf16-nobias", "W8A16-fp16"])
+def test_vllm_ascend_methods_bit_identical_on_our_checkpoint(va_methods, tmp_path, label, dtype, bias):
+    ck = load_checkpoint(write_ours(tiny_llama(dtype, bias=bias), tmp_path / "ours", SCHEME[label]))
     assert {e.label for e in ck.layers.values()} == {label} and len(ck.layers) == 7
     diffs = []
     for prefix, y_va, y in compare_layers(va_methods, ck, dtype):
@@ -113,3 +116,20 @@ def test_vllm_ascend_loads_folded_smoothed_checkpoint(va_methods, tmp_path):
     assert len(ck.layers) == 7 and not any("mul_scale" in e.tensors for e in ck.layers.values())
     diffs = [(p, int((a.float() != b.float()).sum())) for p, a, b in compare_layers(va_methods, ck, torch.bfloat16)]
     assert all(d == 0 for _, d in diffs), diffs
+
+
+def test_vllm_ascend_w8a16_bf16_bias_is_refused_by_the_op_contract(va_methods, tmp_path):
+    """vllm-ascend 0.23's W8A16 method hands vLLM's bias parameter (model dtype) to ``npu_weight_quant_batchmatmul``;
+    with bf16 activations on A2 the op's contract as the emulator implements it wants an fp32 bias, so a biased bf16
+    layer is refused there, while our NPU backend passes fp32 and serves it.  Recorded so a change on either side
+    (vllm-ascend, or the emulator's reading of the contract) is noticed."""
+    from omni_npu_quant.npu_sim import NpuSimError
+
+    ck = load_checkpoint(write_ours(tiny_llama(torch.bfloat16), tmp_path / "ours", "w8a16"))
+    prefix, e = next((p, e) for p, e in sorted(ck.layers.items()) if "bias" in e.tensors)
+    x = torch.randn(3, e.k, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with pytest.raises(NpuSimError, match="bias must be torch.float32"):
+        run_vllm_ascend(va_methods["W8A16"], e.tensors, e.n, e.k, torch.bfloat16, prefix, x)
+    npu = get_backend("npu-sim:A2")
+    y = npu.apply(npu.prepare(get_scheme("w8a16"), e.tensors, torch.bfloat16, k=e.k, where=prefix), x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()

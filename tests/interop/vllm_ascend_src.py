@@ -1,4 +1,4 @@
-"""vllm-ascend 0.23.0's own W8A8 / W8A8_DYNAMIC linear methods, imported from its unmodified Python source on top of
+"""vllm-ascend 0.23.0's own W8A8 / W8A8_DYNAMIC / W8A16 linear methods, imported from its unmodified Python source on top of
 our torch_npu emulator (test-time only; vllm-ascend is never vendored or installed).
 
 ``ci/setup.sh`` unpacks the Python files of the vllm-ascend 0.23.0 wheel into ``<venv>/vllm-ascend-0.23.0`` (not on
@@ -8,7 +8,7 @@ its package ``__init__`` files pull the MoE / attention stack, which needs the v
 files the two dense linear methods need, from that tree, as the real modules:
 
 * real: ``vllm_ascend/envs.py``, ``ascend_config.py``, ``utils.py`` (``maybe_trans_nz`` and its NZ policy),
-  ``quantization/quant_type.py``, ``quantization/methods/{base,registry,w8a8_static,w8a8_dynamic}.py``, and
+  ``quantization/quant_type.py``, ``quantization/methods/{base,registry,w8a8_static,w8a8_dynamic,w8a16}.py``, and
   ``_quantize_impl`` from ``ops/register_custom_ops.py`` (the body of ``torch.ops.vllm.quantize``, registered here
   for the CPU dispatch key instead of ``PrivateUse1``);
 * ``quant_type_lookup()``: ``get_quant_type_for_layer`` / ``get_linear_quant_type`` of
@@ -39,7 +39,7 @@ INSTALL_HINT = (f"vllm-ascend {VERSION}'s Python source is required for these te
                 f"wheel into <venv>/vllm-ascend-{VERSION}) or point {ENV} at a directory holding vllm_ascend/")
 FILES = ("envs.py", "ascend_config.py", "utils.py", "quantization/quant_type.py", "quantization/methods/base.py",
          "quantization/methods/registry.py", "quantization/methods/w8a8_static.py",
-         "quantization/methods/w8a8_dynamic.py", "ops/register_custom_ops.py", "quantization/modelslim_config.py")
+         "quantization/methods/w8a8_dynamic.py", "quantization/methods/w8a16.py", "ops/register_custom_ops.py", "quantization/modelslim_config.py")
 _LIB = None  # the torch.library fragment holding vllm::quantize (kept alive for the process)
 
 
@@ -114,7 +114,7 @@ def _register_quantize_op(root: Path) -> None:
 
 
 def load() -> dict[str, type]:
-    """``{"W8A8": AscendW8A8LinearMethod, "W8A8_DYNAMIC": AscendW8A8DynamicLinearMethod}`` from vllm-ascend's source.
+    """``{"W8A8": AscendW8A8LinearMethod, "W8A8_DYNAMIC": ..., "W8A16": ...}`` from vllm-ascend's source.
 
     The caller must have installed the emulator (``omni_npu_quant.npu_sim.install``) and must restore
     ``sys.modules`` afterwards (``saved_modules`` / ``restore_modules``)."""
@@ -141,12 +141,12 @@ def load() -> dict[str, type]:
     utils.get_ascend_config = lambda: types.SimpleNamespace(weight_nz_mode=1)
     utils.is_310p = lambda: False
     utils._WEIGHT_PREFETCH_METHOD = _NoPrefetch()
-    for f in ("base", "registry", "w8a8_static", "w8a8_dynamic"):
+    for f in ("base", "registry", "w8a8_static", "w8a8_dynamic", "w8a16"):
         _exec(f"vllm_ascend.quantization.methods.{f}", va / "quantization/methods" / f"{f}.py")
     _register_quantize_op(root)
-    methods = sys.modules["vllm_ascend.quantization.methods.w8a8_static"], \
-        sys.modules["vllm_ascend.quantization.methods.w8a8_dynamic"]
-    return {"W8A8": methods[0].AscendW8A8LinearMethod, "W8A8_DYNAMIC": methods[1].AscendW8A8DynamicLinearMethod}
+    m = {f: sys.modules[f"vllm_ascend.quantization.methods.{f}"] for f in ("w8a8_static", "w8a8_dynamic", "w8a16")}
+    return {"W8A8": m["w8a8_static"].AscendW8A8LinearMethod, "W8A8_DYNAMIC": m["w8a8_dynamic"].AscendW8A8DynamicLinearMethod,
+            "W8A16": m["w8a16"].AscendW8A16LinearMethod}
 
 
 def saved_modules() -> dict:

@@ -60,6 +60,11 @@ CASES = {
     "w4a8_mxfp[fp8tc auto]": ("w4a8_mxfp", "cuda.mx_fp8tc", {"fp8tc_gemm": "auto"}, 256),
     "mxfp4_dual": ("mxfp4_dual", None, {}, None),
     "w4a16": ("w4a16", None, {}, None),
+    # the opt-in split-K small-M kernels of jit/gemv.py (backend option gemv=1), M <= 16 only
+    "w8a8_dynamic[gemv]": ("w8a8_dynamic", "cuda.int8_dynamic", {"gemv": "1"}, 16),
+    "mxfp8[gemv]": ("mxfp8", "cuda.mx", {"gemv": "1"}, 16),
+    "mxfp4[gemv]": ("mxfp4", "cuda.mx", {"gemv": "1"}, 16),
+    "w4a8_mxfp[gemv]": ("w4a8_mxfp", "cuda.mx", {"gemv": "1"}, 16),
 }
 # w8a16 is left out by default: no CUDA kernel implements it, so it would time the exact reference fallback
 # (add it with --cases ...,w8a16 to see what that costs).

@@ -149,7 +149,8 @@ def _os_error(e: OSError, what: str) -> CheckpointError:
 
 def _model_dtype(model_dtype, cfg: dict | None, float_tensors: dict):
     """The model dtype msModelSlim keys storage on: ``model_dtype``, else the config's ``torch_dtype`` / ``dtype``,
-    else None (dtype-dependent storage is then left as given)."""
+    else the one floating dtype of the float (unquantized) tensors, else None (dtype-dependent storage is then left
+    as given)."""
     if model_dtype is not None:
         if isinstance(model_dtype, str):
             if model_dtype.replace("torch.", "") not in _DTYPE_NAMES:
@@ -162,6 +163,10 @@ def _model_dtype(model_dtype, cfg: dict | None, float_tensors: dict):
                 v = c.get(k)
                 if isinstance(v, str) and v.replace("torch.", "") in _DTYPE_NAMES:
                     return _DTYPE_NAMES[v.replace("torch.", "")]
+    floats = {t.dtype for t in (float_tensors or {}).values()
+              if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    if len(floats) == 1 and next(iter(floats)) in _DTYPE_NAMES.values():
+        return next(iter(floats))
     return None
 
 

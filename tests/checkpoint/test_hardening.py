@@ -517,6 +517,14 @@ def test_w8a8_deq_scale_dtype_follows_the_model_dtype(tmp_path, gen):
         got = load_checkpoint(path).layers[P + "o_proj"].tensors["deq_scale"]
         assert got.dtype == want
         assert torch.equal(got if want == torch.float32 else got.to(torch.int32).view(torch.float32), ds)
+    # no config: the float tensors' one dtype decides (an fp16 model quantized in memory got fp32 deq_scale,
+    # which vllm-ascend copies into its int64 parameter as zeros)
+    for dt, want in ((torch.bfloat16, torch.float32), (torch.float16, torch.int64)):
+        path = write_ascendv1(tmp_path / f"nocfg-{dt}", layers, {"model.norm.weight": torch.ones(8, dtype=dt)})
+        assert load_checkpoint(path).layers[P + "o_proj"].tensors["deq_scale"].dtype == want
+    mixed = {"model.norm.weight": torch.ones(8, dtype=torch.float16), "lm_head.weight": torch.ones(8, 8)}
+    path = write_ascendv1(tmp_path / "nocfg-mixed", layers, mixed)  # ambiguous: stored as given
+    assert load_checkpoint(path).layers[P + "o_proj"].tensors["deq_scale"].dtype == ds.dtype
 
 
 def test_vllm_config_reads_the_description_with_the_reader_contract(tmp_path):

@@ -76,8 +76,12 @@ for s in $STEPS; do
     tests)
       XD=""
       if $PY -c "import xdist" 2>/dev/null; then XD="-n ${TEST_WORKERS:-14}"; else say "tests: pytest-xdist missing, serial"; fi
-      step tests "${T_TESTS:-420}" $PY -m pytest tests -m gpu -q -p no:cacheprovider -rfE \
+      # -v: one line per test as it ends, so a run cut by its limit still names every failure (2026-12-02: a cut
+      # -q run showed three F's and no names); the full GPU suite needs ~8 min with 15 workers: split it with
+      # TEST_ARGS (e.g. a second command with --deselect / -k) where one command's limit is shorter
+      step tests "${T_TESTS:-420}" $PY -m pytest tests -m gpu -v -p no:cacheprovider -rfE \
         --continue-on-collection-errors $XD $TEST_ARGS
+      grep -E " (FAILED|ERROR) " "$LOGS/tests.log" | tee -a "$SUMMARY"
       tail -n 30 "$LOGS/tests.log" | tee -a "$SUMMARY" ;;
     bench)
       step bench "${T_BENCH:-540}" $PY tools/bench_linear.py --part 1/1 --budget-s $((${T_BENCH:-540} - BENCH_GUARD_S)) \

@@ -89,15 +89,18 @@ def linear_names(model: nn.Module) -> list[str]:
 
 
 def load_inputs(path: str) -> torch.Tensor:
-    """An input batch from a ``.pt`` tensor (or dict) or a ``.safetensors`` file."""
+    """An input batch from a ``.safetensors`` file (one tensor, or one named input_ids / latents / inputs / ...).
+
+    Pickle-based files (``.pt``, ``.bin``) are refused, not unpickled: convert them once with
+    ``safetensors.torch.save_file({"inputs": t}, "batch.safetensors")``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--inputs {path}: no such file")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"--inputs {path}: only .safetensors files are read (pickle files are never loaded); "
+                         "convert it with safetensors.torch.save_file({'inputs': tensor}, 'batch.safetensors')")
+    from safetensors.torch import load_file
 
-        d = load_file(path)
-    else:
-        d = torch.load(path, map_location="cpu", weights_only=True)
+    d = load_file(path)
     if isinstance(d, torch.Tensor):
         return d
     if isinstance(d, dict):

@@ -82,6 +82,16 @@ def test_bad_arguments_are_named(tmp_path, capsys, argv, msg):
     assert msg in capsys.readouterr().err
 
 
+def test_pickle_inputs_are_refused_not_unpickled(tmp_path, capsys):
+    """--inputs never unpickles: an existing .pt file is refused by name before anything loads it."""
+    pt = tmp_path / "batch.pt"
+    pt.write_bytes(b"\x80\x04not a real pickle")  # would raise inside torch.load if it were ever opened
+    rc = main(["parity", "--out", str(tmp_path / "o"), "--backends", "reference", "-q", "--inputs", str(pt)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "batch.pt" in err and "only .safetensors" in err
+
+
 def test_console_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "omni_npu_quant.cli.main", "parity", "--help"], capture_output=True,
                        text=True, timeout=120)

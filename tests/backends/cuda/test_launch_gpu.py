@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 
 from omni_npu_quant.backends import CudaBackend  # noqa: E402
+from omni_npu_quant.kernels.base import KernelPrepareError  # noqa: E402
 from omni_npu_quant.kernels.cuda.jit import launch, ops  # noqa: E402
 
 DEV = "cuda"
@@ -60,7 +61,7 @@ def test_fast_launch_bit_identical(name, kernel, dtype, monkeypatch):
         pytest.skip("first choice differs off SM90; the cuda.mx rows cover it")
     try:
         be, p = _prep(name, kernel, dtype=dtype)
-    except Exception as e:  # noqa: BLE001 - e.g. a kernel refusing fp16 here: nothing to compare
+    except KernelPrepareError as e:  # the backend's own refusal (named reason): nothing to compare
         pytest.skip(f"{name} / {kernel} / {dtype}: {e}")
     g = torch.Generator().manual_seed(3)
     for m in (1, 16, 300):

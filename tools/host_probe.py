@@ -15,6 +15,17 @@ bf16 ``F.linear`` over the same stack is the baseline row.  Then a cProfile of 2
 with the largest ``host_us`` (fast launch on), top 15 lines by own time.  Prints a table; ``--out`` JSON.
 
     PYTHONPATH=. python3 tools/host_probe.py --out host_probe.json
+
+``--stub-cpu`` (no GPU, no CUDA torch needed): the Python path only.  The kernels are prepared on the CPU
+for an SM90 target (``cuda.mx_fp8tc`` with its M <= 16 routing for mxfp8 / mxfp4 / w4a8_mxfp, ``cuda.mx``
+for mxfp4_dual, ``cuda.int8_dynamic``), Triton's driver is a stub (device 0, stream 0, an SM90 target),
+a cache miss of ``JITFunction.run`` stores a stub compiled kernel instead of compiling, and a launch is a
+no-op Python call.  What still runs per call: our code, torch allocations on the CPU, Triton's binder /
+cache key / globals check on its own launch path (``fn[grid](...)``), the fast launcher's key and cache
+lookup.  Not counted: the driver's launch itself, Triton's ``launch_metadata``, CUDA allocator and
+stream lookups.  Reports the median per call (``--calls`` calls per round, median of ``--rounds``).
+
+    PYTHONPATH=. python3 tools/host_probe.py --stub-cpu --n 8192 --k 8192
 """
 from __future__ import annotations
 
@@ -96,7 +107,13 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, default=1)
     ap.add_argument("--reps", type=int, default=20, help="stack passes per timing round")
     ap.add_argument("--schemes", default=",".join(SCHEMES))
+    ap.add_argument("--stub-cpu", action="store_true", help="CPU only, Triton launches stubbed: the Python path")
+    ap.add_argument("--calls", type=int, default=2000, help="--stub-cpu: calls per timing round")
+    ap.add_argument("--rounds", type=int, default=7, help="--stub-cpu: timing rounds (median reported)")
+    ap.add_argument("--gemv", action="store_true", help="--stub-cpu: backend option gemv=1 (the opt-in M <= 16 kernels)")
     a = ap.parse_args(argv)
+    if a.stub_cpu:
+        return stub_cpu(a)
     if not torch.cuda.is_available():
         print("host_probe: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -203,6 +220,125 @@ def main(argv=None) -> int:
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
     return 1 if res["errors"] else 0
+
+
+STUB_SCHEMES = ("w8a8_dynamic", "mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual")
+
+
+class _StubCompiled:
+    """What a cache miss of JITFunction.run stores under --stub-cpu: launching it does nothing."""
+
+    function = 1
+    packed_metadata = ()
+
+    def launch_metadata(self, *a):
+        return None
+
+    def run(self, *a):
+        return None
+
+
+class _StubDriver:
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", 90, 32)
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+def install_stub():
+    """Stub Triton's driver and compiler and the fast launcher's device / stream lookups (--stub-cpu)."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("host_probe --stub-cpu: unset TRITON_INTERPRET (the stub replaces the launches, not the "
+                         "interpreter)")
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    driver.set_active(_StubDriver())
+
+    def _do_compile(self, key, signature, device, constexprs, options, attrs, warmup):
+        k = _StubCompiled()
+        self.device_caches[device][0][key] = k
+        return k
+
+    JITFunction._do_compile = _do_compile
+    from omni_npu_quant.kernels.cuda.jit import launch
+
+    launch._cuda_device = lambda: 0
+    launch._cuda_stream = lambda dev: 0
+    launch.WHY_OFF = ""
+    launch.ENABLED = True
+    return launch
+
+
+def _median_us(fn, calls, rounds):
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+    times.sort()
+    return times[len(times) // 2], times[0], times[-1]
+
+
+def stub_cpu(a) -> int:
+    import os
+
+    launch = install_stub()
+    from omni_npu_quant import platform as P
+    from omni_npu_quant.kernels.base import Target
+    from omni_npu_quant.kernels.cuda import int8 as cint8, mx as cmx, mx_fp8tc as cfp8
+    from omni_npu_quant.kernels.cuda.jit import decode, gemv, ops  # noqa: F401 - every FastKernel registered
+    from omni_npu_quant.schemes.registry import get_scheme
+
+    launch.set_enabled(True)
+    dev_info = P.DeviceInfo("cuda", "sm90", "sm90")
+    opts = {"gemv": 1} if a.gemv else {}
+    fp8_opts = dict(opts, fp8tc_gemm="auto", fp8tc_min_m=17)  # the default's M <= 16 routing (scaled_mm needs CUDA)
+    kernels = {"w8a8_dynamic": cint8.CudaInt8Dynamic(Target(dev_info, "cpu", opts)),
+               "mxfp8": cfp8.CudaMXFp8TC(Target(dev_info, "cpu", fp8_opts)),
+               "mxfp4": cfp8.CudaMXFp8TC(Target(dev_info, "cpu", fp8_opts)),
+               "w4a8_mxfp": cfp8.CudaMXFp8TC(Target(dev_info, "cpu", fp8_opts)),
+               "mxfp4_dual": cmx.CudaMX(Target(dev_info, "cpu", opts))}
+    dt = torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(a.m, a.k, generator=g).to(dt)
+    w = torch.randn(a.n, a.k, generator=g) * 0.05
+    b = torch.randn(a.n, generator=g)
+    res = {"mode": "stub-cpu", "m": a.m, "n": a.n, "k": a.k, "calls": a.calls, "rounds": a.rounds, "gemv": a.gemv,
+           "torch": torch.__version__, "load_before": os.getloadavg(), "rows": []}
+    for name in [s for s in a.schemes.split(",") if s in kernels]:
+        kern, scheme = kernels[name], get_scheme(name)
+        t = scheme.quantize_weight(w, b)
+        p = kern.prepare(scheme, t, dt, a.n, a.k, name)
+        for _ in range(50):
+            kern.apply(p, x)
+        med, lo, hi = _median_us(lambda: kern.apply(p, x), a.calls, a.rounds)
+        row = {"scheme": name, "kernel": kern.name, "median_us": med, "min_us": lo, "max_us": hi,
+               "decode": getattr(p, "decode", None), "gemv": getattr(p, "gemv", None)}
+        res["rows"].append(row)
+        print(f"{name:<14} {kern.name:<16} median {med:7.2f} us  (min {lo:.2f}, max {hi:.2f}; decode="
+              f"{row['decode']}, gemv={row['gemv']})", flush=True)
+    res["load_after"] = os.getloadavg()
+    print(f"load average before {res['load_before']}, after {res['load_after']}")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,26 @@ from ..registry import register_kernel
 from .common import CudaKernel
 
 F32 = torch.float32
+GEMV_ENV = "OMNI_NPU_QUANT_CUDA_GEMV"
+_JIT = None
+_GEMV = None
+
+
+def _load_jit():
+    """jit.ops (imported once, at the first call; not per call)."""
+    global _JIT
+    from .jit import ops
+
+    _JIT = ops
+    return ops
+
+
+def _load_gemv():
+    global _GEMV
+    from .jit import gemv
+
+    _GEMV = gemv
+    return gemv
 
 
 def _family_note(family: str | None) -> str:
@@ -46,7 +66,7 @@ class CudaInt8Prepared(PreparedLinear):
 def _gemv_on(kernel, p, n, k, n_groups):
     """Prepare-time switch of the small-M int8 path (and its workspace)."""
     opt = kernel.target.options.get("gemv")
-    if opt is None and os.environ.get("OMNI_NPU_QUANT_CUDA_GEMV", "0") in ("", "0"):
+    if opt is None and os.environ.get(GEMV_ENV, "0") in ("", "0"):
         return p  # default: no triton import at prepare
     from .jit import gemv
 
@@ -81,22 +101,21 @@ class CudaInt8Dynamic(CudaKernel):
         return _gemv_on(self, p, n, k, ws.shape[1])
 
     def quantize_activation(self, p, x2):
-        from .jit import ops
-
-        q, sc = ops.int8_dynamic_quant(x2, p.smooth)
+        q, sc = (_JIT or _load_jit()).int8_dynamic_quant(x2, p.smooth)
         return {"x_q": q, "x_scale": sc}
 
     def _apply(self, p, x2, add_bias=True):
-        from .jit import ops
-
-        qa = self.quantize_activation(p, x2)
+        ops = _JIT or _load_jit()  # imported once, not per call
+        if type(self).quantize_activation is CudaInt8Dynamic.quantize_activation:
+            q, sx = ops.int8_dynamic_quant(x2, p.smooth)  # what quantize_activation runs, without its dict
+        else:  # a subclass with its own quantizer: apply runs that one
+            qa = self.quantize_activation(p, x2)
+            q, sx = qa["x_q"], qa["x_scale"]
         if p.gemv and x2.shape[0] <= 16:
-            from .jit import gemv
-
-            return gemv.int8_gemv(qa["x_q"], p.weight, p.act_dtype, sx=qa["x_scale"], ws=p.weight_scale,
-                                  bias=p.bias if add_bias else None)
-        return ops.int8_gemm(qa["x_q"], p.weight, p.act_dtype, sx=qa["x_scale"], ws=p.weight_scale,
-                             bias=p.bias if add_bias else None, group_k=p.group_k)
+            return (_GEMV or _load_gemv()).int8_gemv(q, p.weight, p.act_dtype, sx=sx, ws=p.weight_scale,
+                                                     bias=p.bias if add_bias else None)
+        return ops.int8_gemm(q, p.weight, p.act_dtype, sx=sx, ws=p.weight_scale, bias=p.bias if add_bias else None,
+                             group_k=p.group_k)
 
 
 @register_kernel(11)
@@ -121,18 +140,17 @@ class CudaInt8Static(CudaKernel):
         return _gemv_on(self, p, n, k, 1)
 
     def quantize_activation(self, p, x2):
-        from .jit import ops
-
-        return {"x_q": ops.int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)}
+        return {"x_q": (_JIT or _load_jit()).int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)}
 
     def _apply(self, p, x2, add_bias=True):
-        from .jit import ops
-
-        q = self.quantize_activation(p, x2)["x_q"]
+        ops = _JIT or _load_jit()  # imported once, not per call
+        if type(self).quantize_activation is CudaInt8Static.quantize_activation:
+            q = ops.int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)  # quantize_activation's, no dict
+        else:  # a subclass with its own quantizer: apply runs that one
+            q = self.quantize_activation(p, x2)["x_q"]
         if p.gemv and x2.shape[0] <= 16:
-            from .jit import gemv
-
-            return gemv.int8_gemv(q, p.weight, p.act_dtype, quant_bias=p.quant_bias if add_bias else None,
-                                  deq=p.deq, static=True)
+            return (_GEMV or _load_gemv()).int8_gemv(q, p.weight, p.act_dtype,
+                                                     quant_bias=p.quant_bias if add_bias else None, deq=p.deq,
+                                                     static=True)
         return ops.int8_gemm(q, p.weight, p.act_dtype, quant_bias=p.quant_bias if add_bias else None, deq=p.deq,
                              static=True)

@@ -30,6 +30,28 @@ from .common import CudaKernel, ceil_to
 
 F32 = torch.float32
 PREFILL_ENV = "OMNI_NPU_QUANT_CUDA_MX_PREFILL"
+DECODE_ENV = "OMNI_NPU_QUANT_CUDA_DECODE"  # jit/decode.py's switch (read once per layer, at prepare)
+GEMV_ENV = "OMNI_NPU_QUANT_CUDA_GEMV"
+
+_JIT = None
+_GEMV = None
+
+
+def _load_jit():
+    """jit.ops (imported once, at the first call; not per call)."""
+    global _JIT
+    from .jit import ops
+
+    _JIT = ops
+    return ops
+
+
+def _load_gemv():
+    global _GEMV
+    from .jit import gemv
+
+    _GEMV = gemv
+    return gemv
 
 
 @dataclass
@@ -40,6 +62,8 @@ class CudaMXPrepared(PreparedLinear):
     l0w: torch.Tensor | None = None  # dual-scale: fp32 (N, K/512)
     smooth: torch.Tensor | None = None  # effective mul_scale: fp32 (single-scale) / act dtype (dual)
     gemv: bool = False  # M <= 16 through jit/gemv.py (chosen at prepare)
+    decode: bool = False  # M <= 16 through jit/decode.py (its policy, read at prepare)
+    q_args: tuple = ()  # (act_fmt, round mode, scale alg, kp): ops.mx_quant's arguments after (x2, smooth)
 
 
 @register_kernel(20)
@@ -68,6 +92,8 @@ class CudaMX(CudaKernel):
         self.mx_prefill = target.options.get("mx_prefill") or os.environ.get(PREFILL_ENV, "dot_scaled")
         if self.mx_prefill not in ("dequant", "dot_scaled"):
             raise ValueError(f"mx_prefill ({PREFILL_ENV}) must be 'dequant' or 'dot_scaled', got {self.mx_prefill!r}")
+        # the opt-in dequant prefill path needs a CUDA device (decided once, not per call)
+        self._prefill_dequant = self.mx_prefill == "dequant" and self.torch_device.type == "cuda"
         self._ws: dict = {}
 
     def prepare(self, scheme, tensors, act_dtype, n, k, where):
@@ -98,27 +124,38 @@ class CudaMX(CudaKernel):
             p.smooth = None if ms is None else ms.to(act_dtype)
         else:
             p.smooth = ms
+        p.q_args = (scheme.act_fmt, scheme.act_round_mode, scheme.act_scale_alg, kp)
+        p.decode = self._decode_on(scheme.weight_fmt.bits == 4, n, kp)
         return p
 
     def _gemv_on(self) -> bool:
         opt = self.target.options.get("gemv")
-        if opt is None and os.environ.get("OMNI_NPU_QUANT_CUDA_GEMV", "0") in ("", "0"):
+        if opt is None and os.environ.get(GEMV_ENV, "0") in ("", "0"):
             return False  # default: no triton import at prepare
         from .jit import gemv
 
         return gemv.enabled(opt)
+
+    @staticmethod
+    def _decode_on(w_fp4: bool, n: int, kp: int) -> bool:
+        """jit/decode.py's policy for this layer, with OMNI_NPU_QUANT_CUDA_DECODE as it is now (prepare time)."""
+        env = os.environ.get(DECODE_ENV, "auto")
+        if env == "0":
+            return False  # no triton import at prepare
+        from .jit import decode
+
+        return decode.policy(env, w_fp4, n, kp)
 
     def quantize_activation(self, p, x2):
         return self._storage(p, self._quantize(p, x2))
 
     def _quantize(self, p, x2):
         """The fused quantizer's raw outputs: (q padded to kp, E8M0 codes (M, kp/32), level-0 or None)."""
-        from .jit import ops
-
+        ops = _JIT or _load_jit()
         s = p.scheme
         if s.dual_level:
             return ops.dual_quant(x2, p.smooth, s.act_round_mode)
-        q, codes, _ = ops.mx_quant(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp)
+        q, codes, _ = ops.mx_quant(x2, p.smooth, *p.q_args)
         return q, codes, None
 
     def _storage(self, p, raw):
@@ -138,13 +175,11 @@ class CudaMX(CudaKernel):
         return buf[: n * kp].view(n, kp)
 
     def _apply(self, p, x2, add_bias=True):
-        from .jit import ops
-
+        ops = _JIT or _load_jit()  # imported once, not per call
         s = p.scheme
         out_dtype = p.act_dtype
         bias = p.bias if add_bias else None
-        if (not s.dual_level and x2.shape[0] >= self.mx_prefill_m and self.mx_prefill == "dequant"
-                and self.torch_device.type == "cuda"):
+        if self._prefill_dequant and not s.dual_level and x2.shape[0] >= self.mx_prefill_m:
             # opt-in prefill path: the quantizer writes exact dequantized bf16 values instead of codes
             _, _, xd = ops.mx_quant(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
                                     write_q=False, write_deq=True)
@@ -156,9 +191,8 @@ class CudaMX(CudaKernel):
         q, codes, l0 = self._quantize(p, x2)  # the quantizer quantize_activation reports, before its layout change
         a_fmt = s.act_fmt
         if p.gemv and x2.shape[0] <= 16:
-            from .jit import gemv
-
+            gemv = _GEMV or _load_gemv()
             return gemv.mx_gemv(q, codes, p.weight, p.weight_scale, p.n, p.kp, out_dtype, a_fmt.bits == 4,
                                 s.weight_fmt.bits == 4, bias=bias, l0x=l0, l0w=p.l0w)
         return ops.mx_gemm(q, codes, p.weight, p.weight_scale, p.n, p.kp, out_dtype, a_fmt, s.weight_fmt, bias=bias,
-                           l0x=l0, l0w=p.l0w)
+                           l0x=l0, l0w=p.l0w, decode=p.decode)

@@ -24,7 +24,11 @@ them in a fixed order (deterministic), adds the fp32 bias and casts once.  Dual-
 
 Dispatch (``enabled``): ``OMNI_NPU_QUANT_CUDA_DECODE=1`` routes every M <= 16 MX GEMM here, ``=0`` none;
 unset, only MXFP8-weight layers with N * Kp >= 8192 * 8192 (the one case where it was measured
-faster than the ``tl.dot_scaled`` kernel; the FP4 decode in this kernel is still ALU-bound).
+faster than the ``tl.dot_scaled`` kernel; the FP4 decode in this kernel is still ALU-bound).  ``cuda.mx``
+decides once per layer at prepare (``ops.mx_gemm(..., decode=p.decode)``); only a direct ``ops.mx_gemm``
+call without ``decode`` reads the variable per call.  Launches go through ``launch.py``'s fast launcher and
+the config of a shape is looked up in the caller's tuned dict before any candidate list is built (host
+time per call: issue 14).
 The second-generation small-M kernels (cheaper E2M1 decode, per-block scaling, GEMV form, int8) are in
 ``gemv.py``, opt-in through ``OMNI_NPU_QUANT_CUDA_GEMV=1``; this kernel stays selectable beside them.
 """
@@ -36,8 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import fast as _fast
 from .mx_codec import PAD_CODE, e2m1_value, e4m3_value, e8m0_scale, unpack_e2m1
 
+ENV = "OMNI_NPU_QUANT_CUDA_DECODE"
 MAX_M = 16
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed at import (interpret.enable() runs before)
 
@@ -50,7 +56,11 @@ AUTO_MIN_ELEMS = 8192 * 8192
 def enabled(w_fp4: bool = False, n: int = 0, kp: int = 0) -> bool:
     """Use this kernel for an M <= 16 MX GEMM?  OMNI_NPU_QUANT_CUDA_DECODE=1 always, =0 never;
     unset ("auto"): only E4M3 weights with N * Kp >= AUTO_MIN_ELEMS."""
-    env = os.environ.get("OMNI_NPU_QUANT_CUDA_DECODE", "auto")
+    return policy(os.environ.get(ENV, "auto"), w_fp4, n, kp)
+
+
+def policy(env: str, w_fp4: bool, n: int, kp: int) -> bool:
+    """``enabled`` for a given value of OMNI_NPU_QUANT_CUDA_DECODE (``"auto"`` when unset)."""
     if env == "0":
         return False
     if env == "1":
@@ -186,9 +196,38 @@ def _split(n_tiles: int, kp: int, unit: int) -> tuple[int, int]:
     return per * unit, split
 
 
+# every launch goes through launch.FastKernel (Triton's own launch the first time per specialization)
+_DECODE = _fast(mx_decode_splitk_kernel)
+_REDUCE = _fast(splitk_reduce_kernel)
+_OPT_T: dict = {}
+
+
+def _opt_tuple(nw: int, ns: int | None, extra: tuple) -> tuple:
+    """Launch options as the hashable tuple ``launch.FastKernel`` takes (built once per triple)."""
+    o = _OPT_T.get((nw, ns, extra))
+    if o is None:
+        o = _OPT_T[(nw, ns, extra)] = (("num_warps", nw),) + ((("num_stages", ns),) if ns is not None else ()) + extra
+    return o
+
+
+_PLANS: dict = {}  # (cfg, n, kp, dual) -> (n_tiles, K slice, split)
+
+
+def _plan(cfg, n: int, kp: int, dual: bool):
+    key = (cfg, n, kp, dual)
+    pl = _PLANS.get(key)
+    if pl is None:
+        n_tiles = -(-n // cfg[0])
+        pl = _PLANS[key] = (n_tiles,) + _split(n_tiles, kp, 512 if dual else cfg[1])
+    return pl
+
+
 def mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: bool, *, bias=None, l0x=None,
-                   l0w=None, pick=None, launch_opts=None):
-    """Same contract as ``ops.mx_gemm`` for M <= 16 (a_q / w_q raw uint8 storage bytes)."""
+                   l0w=None, pick=None, launch_opts=None, tuned=None):
+    """Same contract as ``ops.mx_gemm`` for M <= 16 (a_q / w_q raw uint8 storage bytes).
+
+    ``pick(key, candidates, run)`` chooses a config (default: the first candidate); ``tuned`` is the dict ``pick``
+    stores its choices in (``ops._TUNED``): a key found there is used without building the candidates."""
     m = a_q.shape[0]
     if m > MAX_M:
         raise ValueError(f"decode kernel handles M <= {MAX_M}, got M={m}")
@@ -199,30 +238,30 @@ def mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: boo
     hw8 = not _INTERPRETED  # E4M3 bytes as float8e4nv for the hardware conversion
     a_u8 = a_q.view(torch.uint8) if a_fp4 or not hw8 else a_q.view(torch.float8_e4m3fn)
     w_u8 = w_q.view(torch.uint8) if w_fp4 or not hw8 else w_q.view(torch.float8_e4m3fn)
-    opts = launch_opts or {}
-    table = DECODE_TABLE + (GEMV_TABLE if m <= GEMV_MAX_M else [])
-    cands = [c for c in table if kp % c[1] == 0 and (not dual or 512 % c[1] == 0)] or [(32, 64, 4, 2, 1)]
+    extra = tuple(launch_opts.items()) if launch_opts else ()
+    dev = a_q.device
 
     def run(cfg):
         bn, bk, nw, ns, var = cfg
-        n_tiles = -(-n // bn)
-        ks, split = _split(n_tiles, kp, 512 if dual else bk)
-        part = torch.empty((split, m, n), dtype=torch.float32, device=a_q.device)
-        mx_decode_splitk_kernel[(n_tiles, split)](
+        n_tiles, ks, split = _plan(cfg, n, kp, dual)
+        part = torch.empty((split, m, n), dtype=torch.float32, device=dev)
+        _DECODE((n_tiles, split), (
             a_u8, a_s, w_u8, w_s, part, l0x if dual else a_s, l0w if dual else a_s,
             m, n, kp, ks, a_u8.stride(0), a_s.stride(0), w_u8.stride(0), w_s.stride(0),
             l0x.stride(0) if dual else 0, l0w.stride(0) if dual else 0,
-            A_FP4=a_fp4, W_FP4=w_fp4, DUAL=dual, DOT_BF16=hw8, HW8=hw8,
-            BLOCK_N=bn, BLOCK_K=bk, VARIANT=var, num_warps=nw, num_stages=ns, **opts)
+            a_fp4, w_fp4, dual, bn, bk, hw8, var, hw8), _opt_tuple(nw, ns, extra))
         mn = m * n
-        blk = 1024
-        splitk_reduce_kernel[(-(-mn // blk),)](part, bias if bias is not None else part, out, mn, n, split,
-                                                      HAS_BIAS=bias is not None, BLOCK=blk, num_warps=4, **opts)
+        _REDUCE((-(-mn // 1024),), (part, bias if bias is not None else part, out, mn, n, split, bias is not None,
+                                    1024), _opt_tuple(4, None, extra))
 
     key = ("mx_decode", a_fp4, w_fp4, dual, min(m, GEMV_MAX_M + 1), n, kp)
-    cfg = cands[0] if pick is None else pick(key, cands, run)
+    cfg = tuned.get(key) if tuned is not None else None
+    if cfg is None:  # candidates built only when the key has no config yet
+        table = DECODE_TABLE + (GEMV_TABLE if m <= GEMV_MAX_M else [])
+        cands = [c for c in table if kp % c[1] == 0 and (not dual or 512 % c[1] == 0)] or [(32, 64, 4, 2, 1)]
+        cfg = cands[0] if pick is None else pick(key, cands, run)
     run(cfg)
     return out
 
 
-__all__ = ["mx_gemm_decode", "enabled", "MAX_M", "DECODE_TABLE"]
+__all__ = ["mx_gemm_decode", "enabled", "policy", "MAX_M", "DECODE_TABLE", "ENV"]

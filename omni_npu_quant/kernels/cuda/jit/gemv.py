@@ -55,12 +55,23 @@ import triton
 import triton.language as tl
 
 from .decode import splitk_reduce_kernel
+from .launch import fast as _fast
 from .mx_codec import PAD_CODE, e2m1_value, e4m3_value
 
 ENV = "OMNI_NPU_QUANT_CUDA_GEMV"
 MAX_M = 16
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # fixed at import (interpret.enable() runs before)
 _OPTS = {} if _INTERPRETED else {"enable_fp_fusion": False}
+_OPTS_T = tuple(_OPTS.items())
+_OPT_T: dict = {}
+
+
+def _opts(nw: int, ns: int | None = None) -> tuple:
+    """Launch options as the hashable tuple ``launch.FastKernel`` takes (built once per pair)."""
+    o = _OPT_T.get((nw, ns))
+    if o is None:
+        o = _OPT_T[(nw, ns)] = (("num_warps", nw),) + ((("num_stages", ns),) if ns is not None else ()) + _OPTS_T
+    return o
 TARGET_PROGRAMS = 4 * 132
 
 
@@ -353,6 +364,13 @@ def int8_reduce_kernel(part_ptr, out_ptr, sx_ptr, ws_ptr, bias_ptr, qb_ptr, deq_
     tl.store(out_ptr + offs, accf.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+# every launch goes through launch.FastKernel (Triton's own launch the first time per specialization)
+_MX_GEMV = _fast(mx_gemv_kernel)
+_INT8_GEMV = _fast(int8_gemv_kernel)
+_INT8_REDUCE = _fast(int8_reduce_kernel)
+_SPLITK_REDUCE = _fast(splitk_reduce_kernel)
+
+
 # ---------------------------------------------------------------------------------------------
 # configs, plans, workspace
 # ---------------------------------------------------------------------------------------------
@@ -450,15 +468,15 @@ def mx_gemv(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fp4: bool, w_fp4: bool, *, b
     else:
         w_t = w_q.view(torch.uint8) if not hw8 else w_q.view(torch.float8_e4m3fn)
     part = _workspace(a_q.device, split * m * n * 4)[: split * m * n * 4].view(torch.float32)
-    mx_gemv_kernel[(-(-n // bn), split)](
+    # launches through launch.FastKernel: every parameter positionally, in signature order
+    _MX_GEMV((-(-n // bn), split), (
         a_t, a_s, w_t, w_s, part, l0x if dual else a_s, l0w if dual else a_s,
         m, n, kp, ks, a_t.stride(0), a_s.stride(0), w_t.stride(0), w_s.stride(0),
         l0x.stride(0) if dual else 0, l0w.stride(0) if dual else 0,
-        A_FP4=a_fp4, W_FP4=w_fp4, DUAL=dual, HW8=hw8, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT=use_dot,
-        DOT_BF16=hw8, num_warps=nw, num_stages=ns, **_OPTS)
+        a_fp4, w_fp4, dual, hw8, bm, bn, bk, use_dot, hw8), _opts(nw, ns))
     mn = m * n
-    splitk_reduce_kernel[(-(-mn // 1024),)](part, bias if bias is not None else part, out, mn, n, split,
-                                            HAS_BIAS=bias is not None, BLOCK=1024, num_warps=4, **_OPTS)
+    _SPLITK_REDUCE((-(-mn // 1024),), (part, bias if bias is not None else part, out, mn, n, split, bias is not None,
+                                       1024), _opts(4))
     return out
 
 
@@ -473,7 +491,7 @@ def int8_gemv(q, w, out_dtype, *, sx=None, ws=None, bias=None, quant_bias=None, 
     n = w.shape[0]
     if w.shape[1] != k:
         raise ValueError(f"int8_gemv: activation K={k} but weight K={w.shape[1]}")
-    if not static and ws is not None and ws.reshape(n, -1).shape[1] != 1:
+    if not static and ws is not None and ws.numel() != n:
         raise ValueError("int8_gemv handles per-channel weight scales only (one group); use ops.int8_gemm")
     out = torch.empty((m, n), dtype=out_dtype, device=q.device)
     if m == 0:
@@ -484,18 +502,16 @@ def int8_gemv(q, w, out_dtype, *, sx=None, ws=None, bias=None, quant_bias=None, 
         bm = 16
     bn, bk, nw, ns, ks, split = plan("int8", n, k, bm, False, cfg)
     part = _workspace(q.device, split * m * n * 4)[: split * m * n * 4].view(torch.int32)
-    int8_gemv_kernel[(-(-n // bn), split)](q, w, part, m, n, k, ks, q.stride(0), w.stride(0),
-                                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT=use_dot, num_warps=nw,
-                                           num_stages=ns, **_OPTS)
+    _INT8_GEMV((-(-n // bn), split), (q, w, part, m, n, k, ks, q.stride(0), w.stride(0), bm, bn, bk, use_dot),
+               _opts(nw, ns))
     mn = m * n
     has_bias = (quant_bias is not None) if static else (bias is not None)
     dummy = part
-    int8_reduce_kernel[(-(-mn // 1024),)](part, out, sx if sx is not None else dummy,
-                                          ws if ws is not None else dummy, bias if bias is not None else dummy,
-                                          quant_bias if quant_bias is not None else dummy,
-                                          deq if deq is not None else dummy, mn, n, split,
-                                          MODE=1 if static else 0, HAS_BIAS=has_bias, BLOCK=1024, num_warps=4,
-                                          **_OPTS)
+    _INT8_REDUCE((-(-mn // 1024),), (part, out, sx if sx is not None else dummy, ws if ws is not None else dummy,
+                                     bias if bias is not None else dummy,
+                                     quant_bias if quant_bias is not None else dummy,
+                                     deq if deq is not None else dummy, mn, n, split, 1 if static else 0, has_bias,
+                                     1024), _opts(4))
     return out
 
 

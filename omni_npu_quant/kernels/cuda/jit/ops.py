@@ -244,16 +244,18 @@ def int8_gemm(q: torch.Tensor, w: torch.Tensor, out_dtype, *, sx=None, ws=None, 
     return out
 
 
-def mx_gemm(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt: ElemFormat, w_fmt: ElemFormat, *, bias=None, l0x=None, l0w=None):
-    """MX GEMM; M <= 16 may go to the split-K decode kernel (decode.py; policy: ``decode.enabled``)."""
+def mx_gemm(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt: ElemFormat, w_fmt: ElemFormat, *, bias=None, l0x=None, l0w=None,
+            decode: bool | None = None):
+    """MX GEMM; M <= 16 goes to the split-K decode kernel (decode.py) when ``decode`` is true (``cuda.mx`` decides
+    at prepare); ``decode=None``: the policy ``decode.enabled`` (reads its environment variable) per call."""
     m = a_q.shape[0]
+    if m <= _decode.MAX_M and m and (_decode.enabled(w_fmt is E2M1, n, kp) if decode is None else decode):
+        return _decode.mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt is E2M1, w_fmt is E2M1, bias=bias,
+                                      l0x=l0x, l0w=l0w, pick=_pick, launch_opts=_OPTS, tuned=_TUNED)
     out = torch.empty((m, n), dtype=out_dtype, device=a_q.device)
     if m == 0:
         return out
     dual = l0x is not None
-    if m <= _decode.MAX_M and _decode.enabled(w_fmt is E2M1, n, kp):
-        return _decode.mx_gemm_decode(a_q, a_s, w_q, w_s, n, kp, out_dtype, a_fmt is E2M1, w_fmt is E2M1, bias=bias,
-                                      l0x=l0x, l0w=l0w, pick=_pick, launch_opts=_launch_opts())
     mb = m_bucket(m)
     af = "e2m1" if a_fmt is E2M1 else "e4m3"
     wf = "e2m1" if w_fmt is E2M1 else "e4m3"

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import abc
 import functools
+import importlib
 import itertools
+import os
 import weakref
 
 import torch
@@ -57,6 +59,28 @@ def triton_available() -> bool:
 
 def ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
+
+
+_JIT_MODULES: dict[str, object] = {}
+GEMV_ENV = "OMNI_NPU_QUANT_CUDA_GEMV"  # jit/gemv.py's switch (read once per layer, at prepare)
+
+
+def jit_module(name: str):
+    """``kernels.cuda.jit.<name>`` (Triton kernels), imported at the first call and cached: the CUDA kernels'
+    ``apply`` paths call this instead of importing per call (and instead of importing Triton at module import)."""
+    m = _JIT_MODULES.get(name)
+    if m is None:
+        m = _JIT_MODULES[name] = importlib.import_module(f"{__package__}.jit.{name}")
+    return m
+
+
+def gemv_requested(kernel) -> bool:
+    """The opt-in small-M ``jit/gemv.py`` path for a layer being prepared on ``kernel``: backend option ``gemv``
+    over ``OMNI_NPU_QUANT_CUDA_GEMV``; with neither set, False without importing Triton."""
+    opt = kernel.target.options.get("gemv")
+    if opt is None and os.environ.get(GEMV_ENV, "0") in ("", "0"):
+        return False
+    return jit_module("gemv").enabled(opt)
 
 
 class CudaKernel(LinearKernel):

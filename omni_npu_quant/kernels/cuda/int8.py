@@ -6,7 +6,6 @@ prepare): M <= 16 with per-channel weight scales runs ``jit/gemv.py``'s split-K 
 partials, the same epilogue: still E0).  Off by default until the H200 probe has measured it."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -15,31 +14,9 @@ from ...numerics import int8 as I
 from ...schemes.base import effective_mul_scale
 from ..base import NATIVE, KernelRefusal, PreparedLinear
 from ..registry import register_kernel
-from .common import CudaKernel
+from .common import CudaKernel, gemv_requested, jit_module
 
 F32 = torch.float32
-GEMV_ENV = "OMNI_NPU_QUANT_CUDA_GEMV"
-_JIT = None
-_GEMV = None
-
-
-def _load_jit():
-    """jit.ops (imported once, at the first call; not per call)."""
-    global _JIT
-    from .jit import ops
-
-    _JIT = ops
-    return ops
-
-
-def _load_gemv():
-    global _GEMV
-    from .jit import gemv
-
-    _GEMV = gemv
-    return gemv
-
-
 def _family_note(family: str | None) -> str:
     if family == "sm100":
         return " (CUTLASS int8 unsupported on cc>=10.0; Triton int8 untested on SM100)"
@@ -65,12 +42,10 @@ class CudaInt8Prepared(PreparedLinear):
 
 def _gemv_on(kernel, p, n, k, n_groups):
     """Prepare-time switch of the small-M int8 path (and its workspace)."""
-    opt = kernel.target.options.get("gemv")
-    if opt is None and os.environ.get(GEMV_ENV, "0") in ("", "0"):
+    if not gemv_requested(kernel):
         return p  # default: no triton import at prepare
-    from .jit import gemv
-
-    on = gemv.enabled(kernel.target.options.get("gemv")) and gemv.int8_supported(n_groups)
+    gemv = jit_module("gemv")
+    on = gemv.int8_supported(n_groups)
     if on and kernel.torch_device.type == "cuda":
         gemv.reserve(kernel.torch_device, n, k, kind="int8")
     p.gemv = on
@@ -101,18 +76,18 @@ class CudaInt8Dynamic(CudaKernel):
         return _gemv_on(self, p, n, k, ws.shape[1])
 
     def quantize_activation(self, p, x2):
-        q, sc = (_JIT or _load_jit()).int8_dynamic_quant(x2, p.smooth)
+        q, sc = jit_module("ops").int8_dynamic_quant(x2, p.smooth)
         return {"x_q": q, "x_scale": sc}
 
     def _apply(self, p, x2, add_bias=True):
-        ops = _JIT or _load_jit()  # imported once, not per call
+        ops = jit_module("ops")  # imported once, not per call
         if type(self).quantize_activation is CudaInt8Dynamic.quantize_activation:
             q, sx = ops.int8_dynamic_quant(x2, p.smooth)  # what quantize_activation runs, without its dict
         else:  # a subclass with its own quantizer: apply runs that one
             qa = self.quantize_activation(p, x2)
             q, sx = qa["x_q"], qa["x_scale"]
         if p.gemv and x2.shape[0] <= 16:
-            return (_GEMV or _load_gemv()).int8_gemv(q, p.weight, p.act_dtype, sx=sx, ws=p.weight_scale,
+            return jit_module("gemv").int8_gemv(q, p.weight, p.act_dtype, sx=sx, ws=p.weight_scale,
                                                      bias=p.bias if add_bias else None)
         return ops.int8_gemm(q, p.weight, p.act_dtype, sx=sx, ws=p.weight_scale, bias=p.bias if add_bias else None,
                              group_k=p.group_k)
@@ -140,16 +115,16 @@ class CudaInt8Static(CudaKernel):
         return _gemv_on(self, p, n, k, 1)
 
     def quantize_activation(self, p, x2):
-        return {"x_q": (_JIT or _load_jit()).int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)}
+        return {"x_q": jit_module("ops").int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)}
 
     def _apply(self, p, x2, add_bias=True):
-        ops = _JIT or _load_jit()  # imported once, not per call
+        ops = jit_module("ops")  # imported once, not per call
         if type(self).quantize_activation is CudaInt8Static.quantize_activation:
             q = ops.int8_static_quant(x2, p.smooth, p.act_scale, p.act_offset)  # quantize_activation's, no dict
         else:  # a subclass with its own quantizer: apply runs that one
             q = self.quantize_activation(p, x2)["x_q"]
         if p.gemv and x2.shape[0] <= 16:
-            return (_GEMV or _load_gemv()).int8_gemv(q, p.weight, p.act_dtype,
+            return jit_module("gemv").int8_gemv(q, p.weight, p.act_dtype,
                                                      quant_bias=p.quant_bias if add_bias else None, deq=p.deq,
                                                      static=True)
         return ops.int8_gemm(q, p.weight, p.act_dtype, quant_bias=p.quant_bias if add_bias else None, deq=p.deq,

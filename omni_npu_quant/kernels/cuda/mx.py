@@ -26,32 +26,11 @@ from ...numerics.constants import DUAL_L0_BLOCK, E4M3, E8M0_PAD_CODE, MX_BLOCK
 from ...schemes.base import effective_mul_scale
 from ..base import NATIVE, PreparedLinear
 from ..registry import register_kernel
-from .common import CudaKernel, ceil_to
+from .common import CudaKernel, ceil_to, gemv_requested, jit_module
 
 F32 = torch.float32
 PREFILL_ENV = "OMNI_NPU_QUANT_CUDA_MX_PREFILL"
 DECODE_ENV = "OMNI_NPU_QUANT_CUDA_DECODE"  # jit/decode.py's switch (read once per layer, at prepare)
-GEMV_ENV = "OMNI_NPU_QUANT_CUDA_GEMV"
-
-_JIT = None
-_GEMV = None
-
-
-def _load_jit():
-    """jit.ops (imported once, at the first call; not per call)."""
-    global _JIT
-    from .jit import ops
-
-    _JIT = ops
-    return ops
-
-
-def _load_gemv():
-    global _GEMV
-    from .jit import gemv
-
-    _GEMV = gemv
-    return gemv
 
 
 @dataclass
@@ -116,9 +95,7 @@ class CudaMX(CudaKernel):
                            kp=kp)
         p.gemv = self._gemv_on()
         if p.gemv and self.torch_device.type == "cuda":
-            from .jit import gemv
-
-            gemv.reserve(self.torch_device, n, kp, dual=bool(scheme.dual_level))
+            jit_module("gemv").reserve(self.torch_device, n, kp, dual=bool(scheme.dual_level))
         if scheme.dual_level:
             p.l0w = scheme.weight_l0(tensors).to(dev).contiguous()
             p.smooth = None if ms is None else ms.to(act_dtype)
@@ -129,12 +106,7 @@ class CudaMX(CudaKernel):
         return p
 
     def _gemv_on(self) -> bool:
-        opt = self.target.options.get("gemv")
-        if opt is None and os.environ.get(GEMV_ENV, "0") in ("", "0"):
-            return False  # default: no triton import at prepare
-        from .jit import gemv
-
-        return gemv.enabled(opt)
+        return gemv_requested(self)
 
     @staticmethod
     def _decode_on(w_fp4: bool, n: int, kp: int) -> bool:
@@ -142,16 +114,14 @@ class CudaMX(CudaKernel):
         env = os.environ.get(DECODE_ENV, "auto")
         if env == "0":
             return False  # no triton import at prepare
-        from .jit import decode
-
-        return decode.policy(env, w_fp4, n, kp)
+        return jit_module("decode").policy(env, w_fp4, n, kp)
 
     def quantize_activation(self, p, x2):
         return self._storage(p, self._quantize(p, x2))
 
     def _quantize(self, p, x2):
         """The fused quantizer's raw outputs: (q padded to kp, E8M0 codes (M, kp/32), level-0 or None)."""
-        ops = _JIT or _load_jit()
+        ops = jit_module("ops")
         s = p.scheme
         if s.dual_level:
             return ops.dual_quant(x2, p.smooth, s.act_round_mode)
@@ -175,7 +145,7 @@ class CudaMX(CudaKernel):
         return buf[: n * kp].view(n, kp)
 
     def _apply(self, p, x2, add_bias=True):
-        ops = _JIT or _load_jit()  # imported once, not per call
+        ops = jit_module("ops")  # imported once, not per call
         s = p.scheme
         out_dtype = p.act_dtype
         bias = p.bias if add_bias else None
@@ -191,7 +161,7 @@ class CudaMX(CudaKernel):
         q, codes, l0 = self._quantize(p, x2)  # the quantizer quantize_activation reports, before its layout change
         a_fmt = s.act_fmt
         if p.gemv and x2.shape[0] <= 16:
-            gemv = _GEMV or _load_gemv()
+            gemv = jit_module("gemv")
             return gemv.mx_gemv(q, codes, p.weight, p.weight_scale, p.n, p.kp, out_dtype, a_fmt.bits == 4,
                                 s.weight_fmt.bits == 4, bias=bias, l0x=l0, l0w=p.l0w)
         return ops.mx_gemm(q, codes, p.weight, p.weight_scale, p.n, p.kp, out_dtype, a_fmt, s.weight_fmt, bias=bias,

@@ -27,7 +27,7 @@ import torch
 
 from ..base import NATIVE, KernelRefusal
 from ..registry import register_kernel
-from .common import CUDA_DOC
+from .common import CUDA_DOC, jit_module
 from .mx import CudaMX, CudaMXPrepared
 
 FP8TC_ENV = "OMNI_NPU_QUANT_CUDA_MX_FP8TC"
@@ -50,17 +50,6 @@ class CudaMXFp8Prepared(CudaMXPrepared):
     scaled_mm: bool = False  # M > DECODE_M: torch._scaled_mm (cuBLAS / CUTLASS rowwise) instead of the Triton GEMM
     sw_row: torch.Tensor | None = None  # sw as (1, N) for torch._scaled_mm
     bias_bf16: torch.Tensor | None = None  # torch._scaled_mm takes a bf16 bias
-
-
-_JIT = None
-
-
-def _load_jit():
-    global _JIT
-    from .jit import fp8tc, ops
-
-    _JIT = (fp8tc, ops)
-    return _JIT
 
 
 DECODE_M = 16  # at M <= 16 the Triton FP8 GEMM beat torch._scaled_mm on the H200 (2026-12-01 bench)
@@ -165,7 +154,7 @@ class CudaMXFp8TC(CudaMX):
     def quantize_activation(self, p, x2):
         if x2.shape[0] < p.min_m:
             return super().quantize_activation(p, x2)
-        fp8tc, ops = _JIT or _load_jit()
+        fp8tc, ops = jit_module("fp8tc"), jit_module("ops")
 
         s = p.scheme
         q, codes, _, _ = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
@@ -175,7 +164,7 @@ class CudaMXFp8TC(CudaMX):
     def _apply(self, p, x2, add_bias=True):
         if x2.shape[0] < p.min_m:
             return super()._apply(p, x2, add_bias)
-        fp8tc, ops = _JIT or _load_jit()  # imported once, not per call
+        fp8tc, ops = jit_module("fp8tc"), jit_module("ops")  # imported once, not per call
 
         s = p.scheme
         _, _, xr, sx = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,

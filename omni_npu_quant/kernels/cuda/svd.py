@@ -12,20 +12,9 @@ import torch
 
 from ..reference.svd import SVDKernel
 from ..registry import register_kernel
-from .common import CUDA_DOC, CudaKernel
+from .common import CUDA_DOC, CudaKernel, jit_module
 
 F32 = torch.float32
-
-
-_JIT = None
-
-
-def _load_jit():
-    global _JIT
-    from .jit import svd_lowrank
-
-    _JIT = svd_lowrank
-    return svd_lowrank
 
 
 @register_kernel(50)
@@ -43,7 +32,7 @@ class CudaSVD(SVDKernel, CudaKernel):
     apply = CudaKernel.apply  # not SVDKernel's composed torch branch: the CUDA launches, eager or compiled
 
     def _apply(self, p, x2, add_bias=True):
-        svd_lowrank = _JIT or _load_jit()  # imported once, not per call
+        svd_lowrank = jit_module("svd_lowrank")  # imported once, not per call
         rp = p.residual
         res = rp.kernel.apply(rp, x2, add_bias=add_bias).to(F32).contiguous()
         return svd_lowrank.lowrank_add(x2, p.l1, p.l2, res)

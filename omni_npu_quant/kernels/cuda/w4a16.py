@@ -16,7 +16,7 @@ from ...numerics.int4 import INT4_PER_INT32
 from ...schemes.base import apply_mul_scale, effective_mul_scale
 from ..base import NATIVE, PreparedLinear
 from ..registry import register_kernel
-from .common import CudaKernel
+from .common import CudaKernel, jit_module
 
 F32 = torch.float32
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int64)
@@ -50,17 +50,6 @@ def twin_w4a16_gemm(x2, qw, scale, zp, group_k, bias=None):
     if bias is not None:
         out = out + bias.to(F32)
     return out.to(x2.dtype)
-
-
-_JIT = None
-
-
-def _load_jit():
-    global _JIT
-    from .jit import w4a16
-
-    _JIT = w4a16
-    return w4a16
 
 
 @dataclass
@@ -110,7 +99,7 @@ class CudaW4A16(CudaKernel):
         return {}  # activations stay in float
 
     def _apply(self, p, x2, add_bias=True):
-        J = _JIT or _load_jit()  # the Triton module, imported once (not per call)
+        J = jit_module("w4a16")  # the Triton module, imported once (not per call)
         self.quantize_activation(p, x2)
         xs = apply_mul_scale(x2, p.mul_scale)
         if p.perm is not None:

@@ -133,7 +133,9 @@ class NunchakuNVFP4(_NunchakuResidual):
     def dequantize_weight(self, tensors, k=None):
         k = k if k is not None else 2 * tensors["weight"].shape[1]
         s = tensors["weight_scale"].to(F32).repeat_interleave(self.group, dim=1)[:, :k]
-        return self.epilogue(self.weight_values(tensors, k) * s, tensors)
+        w = self.weight_values(tensors, k) * s * tensors["alpha"].to(F32).reshape(())
+        wc = tensors.get("wcscales")  # per output channel: a row of the (N, K) weight (epilogue() scales columns)
+        return w if wc is None else w * wc.to(F32).reshape(-1, 1)
 
     def quantize_activation(self, x2, smooth):
         e, s = Q.nvfp4_act_quant(self.smoothed(x2, smooth))

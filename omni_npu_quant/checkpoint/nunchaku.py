@@ -16,6 +16,10 @@ Per layer ``p`` nunchaku stores (nunchaku-tech/nunchaku ``nunchaku/models/linear
 Every permutation is inverted by index arithmetic only (reshape / permute, ``numerics/nunchaku_layout.py``, which
 also holds the inverse direction ``to_nunchaku_layout``), so the canonical tensors hold exactly the stored bits.  Everything else in the files is returned as float tensors.  Files are read with ``safetensors``
 (no pickle).  Errors name the file and the tensor.
+
+nunchaku's ``AWQW4A16Linear`` layers (``qweight`` + ``wscales`` + ``wzeros``, e.g. FLUX's ``norm1.linear``) are not
+read: ``NunchakuCheckpoint.unread`` lists them with the reason.  ``detect_nunchaku`` tells a nunchaku file (or a
+directory holding one) from the header's tensor names, without reading tensor data.
 """
 from __future__ import annotations
 
@@ -31,7 +35,8 @@ from ..numerics.nunchaku_layout import (LOWRANK_PACK, TILE_K, WARP_N, NunchakuLa
                                         unpack_lowrank, unpack_micro_scales, unpack_vector, unpack_weight,
                                         unpack_wscales)
 
-__all__ = ["NunchakuError", "NunchakuCheckpoint", "load_nunchaku", "is_nunchaku", "unpack_weight", "unpack_wscales",
+__all__ = ["NunchakuError", "NunchakuCheckpoint", "NunchakuFile", "load_nunchaku", "is_nunchaku", "detect_nunchaku",
+           "NOT_A_CHECKPOINT", "unpack_weight", "unpack_wscales",
            "unpack_micro_scales", "unpack_vector", "unpack_lowrank", "pack_weight", "pack_wscales",
            "pack_micro_scales", "pack_vector", "pack_lowrank", "to_nunchaku_layout"]
 
@@ -47,6 +52,8 @@ class NunchakuCheckpoint:
     float_tensors: dict[str, torch.Tensor]
     files: list[str]
     ignored: list[str] = field(default_factory=list)
+    # prefix -> why the layer was not read (nunchaku's AWQ W4A16 layers: qweight + wscales + wzeros)
+    unread: dict[str, str] = field(default_factory=dict)
 
     def entries(self) -> dict:
         """``{prefix: (scheme name, tensors)}``, what ``load_quantized`` takes."""
@@ -81,6 +88,84 @@ def is_nunchaku(path) -> bool:
     return False
 
 
+AWQ_UNREAD = ("nunchaku AWQ W4A16 layer (qweight + wscales + wzeros, AWQW4A16Linear): not read, no scheme here "
+              "takes its GEMV packing")
+_DOWN, _UP = ("proj_down", "lora_down"), ("proj_up", "lora_up")
+
+
+def _is_awq(p: str, keys) -> bool:
+    """``p`` is an ``AWQW4A16Linear`` (zeros, no low-rank factors), not an ``SVDQW4A4Linear``."""
+    return f"{p}.wzeros" in keys and not any(f"{p}.{s}" in keys for s in _DOWN + _UP)
+
+
+@dataclass
+class NunchakuFile:
+    """What ``detect_nunchaku`` read from one safetensors header (no tensor data is read)."""
+    path: str  # the .safetensors file
+    svdq: list[str]  # prefixes with qweight + wscales and no wzeros (SVDQW4A4Linear; load_nunchaku checks the rest)
+    awq: list[str]  # prefixes with qweight + wscales + wzeros (AWQW4A16Linear): not read
+    metadata: dict[str, str] = field(default_factory=dict)  # nunchaku's single-file metadata (config, model_class, ...)
+    other_files: list[str] = field(default_factory=list)  # a directory's other (not nunchaku) safetensors files
+
+    def quantization_config(self) -> dict | None:
+        """nunchaku's ``quantization_config`` metadata (method, weight / activation dtype and group, rank), if any."""
+        import json
+
+        try:
+            q = json.loads(self.metadata.get("quantization_config", "null"))
+        except ValueError:
+            return None
+        return q if isinstance(q, dict) else None
+
+
+def _scan_header(f: Path) -> NunchakuFile | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(f), framework="pt") as h:
+            keys = set(h.keys())
+            meta = dict(h.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - name the file and what safetensors says
+        raise NunchakuError(f"{f}: cannot read the safetensors header ({type(e).__name__}: {e})") from None
+    pairs = sorted(k[: -len(".qweight")] for k in keys if k.endswith(".qweight") and k[:-8] + ".wscales" in keys)
+    if not pairs:
+        return None
+    awq = [p for p in pairs if _is_awq(p, keys)]
+    return NunchakuFile(str(f), [p for p in pairs if p not in awq], awq, meta)
+
+
+# what a path given as a checkpoint must be (parity / inspect say it when detection finds neither format)
+NOT_A_CHECKPOINT = ("neither an AscendV1 / msModelSlim checkpoint directory (quant_model_description.json + "
+                    "quant_model_weight*.safetensors) nor a nunchaku SVDQuant safetensors file (tensors "
+                    "'<layer>.qweight' + '<layer>.wscales' + '<layer>.proj_down' / '.proj_up')")
+
+
+def detect_nunchaku(path) -> NunchakuFile | None:
+    """The nunchaku-format safetensors file at ``path``, or None when ``path`` is not one.
+
+    By tensor names in the header only: a layer is ``<p>.qweight`` + ``<p>.wscales`` (SVDQuant: with
+    ``proj_down`` / ``proj_up`` (or ``lora_down`` / ``lora_up``), ``smooth_factor``, ...; AWQ W4A16: with ``wzeros``).
+    ``path`` is a ``.safetensors`` file, or a directory without a ``quant_model_description*.json`` (an AscendV1 /
+    MindIE-SD directory is never nunchaku) holding exactly one such file (nunchaku ships one file per precision;
+    several in one directory raise ``NunchakuError`` naming them).  An unreadable header raises, naming the file."""
+    from .format import DESC_RE
+
+    root = Path(path)
+    if root.is_file():
+        return _scan_header(root) if root.suffix == ".safetensors" else None
+    if not root.is_dir() or any(DESC_RE.match(p.name) for p in root.iterdir()):
+        return None
+    files = sorted(root.glob("*.safetensors"))
+    found = [nf for nf in (_scan_header(f) for f in files) if nf is not None]
+    if len(found) > 1:
+        raise NunchakuError(f"{root}: several nunchaku-format safetensors files "
+                            f"({', '.join(Path(nf.path).name for nf in found)}); pass one file")
+    if not found:
+        return None
+    found[0].other_files = [f.name for f in files if str(f) != found[0].path]
+    return found[0]
+
+
 def load_nunchaku(path, *, validate: bool = True) -> NunchakuCheckpoint:
     """Read every ``SVDQW4A4Linear`` of a nunchaku checkpoint (file or directory of safetensors)."""
     from safetensors import safe_open
@@ -102,6 +187,9 @@ def load_nunchaku(path, *, validate: bool = True) -> NunchakuCheckpoint:
             raise NunchakuError(f"{f.name}: cannot read ({type(e).__name__}: {e})") from None
     prefixes = sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
     layers, used, ignored = {}, set(), []
+    unread = {p: AWQ_UNREAD for p in prefixes if _is_awq(p, tensors)}  # not SVDQuant: listed, not read
+    prefixes = [p for p in prefixes if p not in unread]
+    used |= {k for k in tensors if k.rpartition(".")[0] in unread}  # (nor returned as float tensors)
     for p in prefixes:
         name, ts, keys = _layer(p, tensors, origin)
         if validate:
@@ -118,7 +206,7 @@ def load_nunchaku(path, *, validate: bool = True) -> NunchakuCheckpoint:
             ignored.append(p + ".smooth_factor_orig")
             used.add(p + ".smooth_factor_orig")
     floats = {k: t for k, t in tensors.items() if k not in used}
-    return NunchakuCheckpoint(str(root), layers, floats, sorted(set(origin.values())), ignored)
+    return NunchakuCheckpoint(str(root), layers, floats, sorted(set(origin.values())), ignored, unread)
 
 
 def _layer(p: str, t: dict[str, torch.Tensor], origin: dict[str, str]):

@@ -5,6 +5,7 @@ Examples::
     omni-npu-quant parity --out parity_out                      # tiny-llama, mxfp4, every backend here
     omni-npu-quant parity --model tiny-dit --scheme mxfp4_dual --backends reference,npu-sim:A5 --out o
     omni-npu-quant parity --checkpoint CKPT_DIR --backends reference,npu-sim:A2,cuda --fail-on strict --out o
+    omni-npu-quant parity --checkpoint svdq-int4.safetensors --backends reference,npu-sim:A2,npu-sim:A5 --out o
 
 Writes ``parity.json``, ``parity.md`` and ``parity.png`` under ``--out``; ``--fail-on smoke|strict``
 exits 1 when that tier's thresholds (docs/parity.md) are not met.
@@ -24,13 +25,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..parity.backends import DEFAULT_BACKENDS
 
     src = p.add_argument_group("what to compare")
-    src.add_argument("--checkpoint", metavar="DIR", help="AscendV1 / msModelSlim checkpoint directory")
+    src.add_argument("--checkpoint", metavar="DIR|FILE",
+                     help="AscendV1 / msModelSlim checkpoint directory, or a nunchaku SVDQuant .safetensors file "
+                          "(or a directory holding one; layer-only unless --model names matching linears)")
     src.add_argument("--model", metavar="DIR|tiny-llama|tiny-dit",
                      help="float model: a Hugging Face directory or a built-in (default tiny-llama)")
     src.add_argument("--scheme", help="scheme for --model (name or msModelSlim label; default mxfp4)")
     src.add_argument("--act-round-mode", choices=("rint", "round", "floor"),
                      help="override the MX scheme's activation FP4 rounding")
-    src.add_argument("--inputs", metavar="FILE", help=".pt or .safetensors input batch (input_ids / latents)")
+    src.add_argument("--inputs", metavar="FILE",
+                     help=".safetensors input batch (input_ids / latents); pickle files are refused")
     src.add_argument("--layers", metavar="PATTERN",
                      help="comma-separated globs of linear names (re:REGEX, !EXCLUDE); default: the model body")
     src.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="activation / model dtype (default bf16)")

@@ -22,7 +22,7 @@ from ..numerics.gemm import mx_matmul
 from ..schemes.base import apply_mul_scale
 from .backends import BackendStatus
 from .metrics import compare, compare_bytes
-from .source import ParitySource, capture_linear_io
+from .source import ParitySource, capture_linear_io, float_weight
 from .thresholds import FLOAT_FLOORS, THRESHOLDS, TIERS, e2e_failures, exactness, layer_failures, layer_semantics
 
 __all__ = ["run_parity", "PreparedModule"]
@@ -111,10 +111,7 @@ def run_parity(src: ParitySource, statuses: list[BackendStatus], *, repeat: int 
         xs = dict(src.synthetic_inputs)
         ys_float = {}
         for n, e in src.layers.items():
-            k = e.in_features()
-            w = e.scheme.dequantize_weight(e.tensors, k)
-            if e.tensors.get("mul_scale") is not None:
-                w = w * e.tensors["mul_scale"].to(torch.float32).reshape(1, -1)
+            w = float_weight(e)  # mul_scale / smooth_factor on the residual, an SVD branch on the raw input
             b = e.tensors.get("bias")
             yf = xs[n].float() @ w.T + (0 if b is None else b.float())
             ys_float[n] = yf.to(src.act_dtype)

@@ -10,6 +10,11 @@ Three sources:
   types, or transformers ``from_config``) with the *dequantized* weights, so "vs float" then
   measures activation quantization only.  If no model can be built, layers run alone on seeded
   synthetic inputs.
+* ``--checkpoint FILE.safetensors`` (or a directory without a quant description holding one such
+  file): a nunchaku SVDQuant checkpoint (``checkpoint.nunchaku.detect_nunchaku`` / ``load_nunchaku``),
+  its ``SVDQW4A4Linear`` layers as ``svdq_int4`` / ``svdq_nvfp4``.  It holds no model: layers run
+  alone on seeded synthetic inputs, or end to end in ``--model`` when its linear names and shapes
+  match.  Its AWQ W4A16 layers are listed as skipped.
 
 Weights are quantized with ``Scheme.quantize_weight`` (the one rule per scheme); ``w8a8_static``
 is calibrated with the per-layer min / max of the captured float inputs.
@@ -28,7 +33,8 @@ from ..integrations.selection import compile_pattern
 from ..schemes.base import Scheme, SchemeValidationError
 from ..schemes.registry import get_scheme
 
-__all__ = ["LayerEntry", "ParitySource", "build_source", "select_layers", "BUILTIN_MODELS", "load_inputs"]
+__all__ = ["LayerEntry", "ParitySource", "build_source", "select_layers", "BUILTIN_MODELS", "load_inputs",
+           "float_weight"]
 
 BUILTIN_MODELS = {"tiny-llama": "llama", "tiny-dit": "dit"}
 # layers quantized by default (the transformer body; embeddings/heads and the tiny DiT's 16-channel
@@ -60,6 +66,26 @@ class ParitySource:
     skipped: dict[str, str] = field(default_factory=dict)  # layer -> why it was not quantized
     synthetic_inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # layer-only runs
     dequant_weights: bool = False
+
+
+def float_weight(e: LayerEntry) -> torch.Tensor:
+    """fp32 (N, K): the weight that maps the layer's *raw* input to its output with nothing quantized.
+
+    ``mul_scale`` (``x * s``) and nunchaku's ``smooth_factor`` (``x / s``) act on the residual's input only; an
+    SVD scheme's low-rank branch ``L2 . L1`` sees the raw input (docs/svd.md section 1)."""
+    sch, t = e.scheme, e.tensors
+    l1 = l2 = None
+    if getattr(sch, "svd_lowrank", False):
+        t, l1, l2 = sch.split(t)
+        sch = sch.residual
+    w = sch.dequantize_weight(t, e.in_features())
+    if t.get("mul_scale") is not None:  # y = (x * s) @ W.T = x @ (W * s).T
+        w = w * t["mul_scale"].to(torch.float32).reshape(1, -1)
+    if t.get("smooth_factor") is not None:  # y = (x / s) @ R.T
+        w = w / t["smooth_factor"].to(torch.float32).reshape(1, -1)
+    if l1 is not None and l2 is not None:
+        w = w + l2.to(torch.float32) @ l1.to(torch.float32)
+    return w
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,15 +295,29 @@ def build_source(*, model: str | None = None, scheme: str | None = None, checkpo
 
 def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch, seq) -> ParitySource:
     try:
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import CheckpointError, load_checkpoint
+        from ..checkpoint.nunchaku import NOT_A_CHECKPOINT, NunchakuError, detect_nunchaku
     except ImportError as e:
         raise RuntimeError(f"--checkpoint needs omni_npu_quant.checkpoint (not importable: {e})") from e
     from ..models.loading import pipeline_layout
 
+    try:
+        nf = detect_nunchaku(ckpt_dir)
+    except NunchakuError as e:
+        raise ValueError(f"--checkpoint {e}") from None
+    if nf is not None:
+        return _source_from_nunchaku(nf, model, inputs, layers, dtype, seed, batch, seq)
+    if os.path.isfile(ckpt_dir):
+        raise ValueError(f"--checkpoint {ckpt_dir}: a file, {NOT_A_CHECKPOINT}")
     if layout := pipeline_layout(ckpt_dir):
         raise ValueError(f"--checkpoint {ckpt_dir}: a quantized pipeline ({', '.join(layout)}); parity runs one "
                          f"transformer: pass --checkpoint {os.path.join(str(ckpt_dir), next(iter(layout)))}")
-    ck = load_checkpoint(ckpt_dir)
+    try:
+        ck = load_checkpoint(ckpt_dir)
+    except CheckpointError as e:
+        if any(p.message.startswith("no quant_model_description") for p in e.problems):
+            raise ValueError(f"--checkpoint {ckpt_dir}: {NOT_A_CHECKPOINT}") from None
+        raise
     entries: dict[str, LayerEntry] = {}
     for prefix, le in ck.layers.items():
         sch = get_scheme(le.scheme_name)
@@ -293,14 +333,7 @@ def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch,
     float_ref = "float model (original weights)"
     dequant = False
     if model is not None:
-        if model in BUILTIN_MODELS:
-            from ..models.tiny import build_tiny
-
-            kind = BUILTIN_MODELS[model]
-            fm = build_tiny(kind, seed=seed, dtype=dtype)
-        else:
-            kind = "hf"
-            fm = _load_hf_model(model, dtype)
+        fm, kind = _given_model(model, seed, dtype)
     else:
         fm, kind = _model_from_checkpoint_config(ckpt_dir, ck, dtype)
         if fm is not None:
@@ -308,20 +341,39 @@ def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch,
             dequant = True
             _load_float_and_dequant(fm, ck, entries)
     if fm is None:
-        # layer-only run on seeded synthetic activations with a few outlier channels
-        gen = torch.Generator().manual_seed(seed + 1)
-        syn = {}
-        for n, e in entries.items():
-            k = e.in_features()
-            x = torch.randn(batch * seq, k, generator=gen)
-            x[:, torch.randperm(k, generator=gen)[: max(1, k // 64)]] *= 20.0
-            syn[n] = x.to(dtype)
-        return ParitySource(desc + ", layer-only (no model could be built from config.json)", None, None, entries,
-                            dtype, "float linear on dequantized weights", skipped={}, synthetic_inputs=syn,
-                            dequant_weights=True)
+        return _layer_only(desc + ", layer-only (no model could be built from config.json)", entries, dtype, seed,
+                           batch, seq)
     missing = [n for n in entries if n not in dict(fm.named_modules())]
     if missing:
         raise ValueError(f"--checkpoint {ckpt_dir}: layers {missing[:5]} do not exist in the model")
+    return _with_model(desc, fm, kind, entries, inputs, dtype, seed, batch, seq, float_ref, dequant)
+
+
+def _given_model(model: str, seed: int, dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """``--model`` beside ``--checkpoint``: a built-in tiny model or a model directory."""
+    if model in BUILTIN_MODELS:
+        from ..models.tiny import build_tiny
+
+        kind = BUILTIN_MODELS[model]
+        return build_tiny(kind, seed=seed, dtype=dtype), kind
+    return _load_hf_model(model, dtype), "hf"
+
+
+def _layer_only(desc, entries, dtype, seed, batch, seq, skipped=None) -> ParitySource:
+    """Layers run alone on seeded synthetic activations with a few outlier channels."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    syn = {}
+    for n, e in entries.items():
+        k = e.in_features()
+        x = torch.randn(batch * seq, k, generator=gen)
+        x[:, torch.randperm(k, generator=gen)[: max(1, k // 64)]] *= 20.0
+        syn[n] = x.to(dtype)
+    return ParitySource(desc, None, None, entries, dtype, "float linear on dequantized weights",
+                        skipped=dict(skipped or {}), synthetic_inputs=syn, dequant_weights=True)
+
+
+def _with_model(desc, fm, kind, entries, inputs, dtype, seed, batch, seq, float_ref, dequant,
+                skipped=None) -> ParitySource:
     if _is_diffusers(fm):
         kind = "diffusers"
         fm, x = _bind_dit(fm, inputs, batch, seed + 1, dtype)
@@ -330,7 +382,55 @@ def _source_from_checkpoint(ckpt_dir, model, inputs, layers, dtype, seed, batch,
     if x.is_floating_point():
         x = x.to(dtype)
     return ParitySource(desc, fm, x, entries, dtype, float_ref, image_like=(kind in ("dit", "diffusers")),
-                        dequant_weights=dequant)
+                        skipped=dict(skipped or {}), dequant_weights=dequant)
+
+
+def _source_from_nunchaku(nf, model, inputs, layers, dtype, seed, batch, seq) -> ParitySource:
+    """A nunchaku SVDQuant file: its ``SVDQW4A4Linear`` layers, layer-only or end to end in ``--model``."""
+    from ..checkpoint.nunchaku import NunchakuError, load_nunchaku
+    from ..schemes.svd_base import L1, L2
+
+    try:
+        ck = load_nunchaku(nf.path)
+    except NunchakuError as e:
+        raise ValueError(f"--checkpoint {nf.path}: {e}") from None
+    entries: dict[str, LayerEntry] = {}
+    for prefix, (name, ts) in ck.layers.items():
+        sch = get_scheme(name)
+        entries[prefix] = LayerEntry(prefix, sch, dict(ts), sch.label, int(ts[L1].shape[1]))
+    skipped = dict(ck.unread)
+    if not entries:
+        raise ValueError(f"--checkpoint {nf.path}: no SVDQuant layer ('<layer>.qweight' + '.wscales' + "
+                         f"'.proj_down' / '.proj_up') to compare" +
+                         (f"; {len(skipped)} AWQ W4A16 layer(s) are not read (e.g. {next(iter(skipped))})"
+                          if skipped else ""))
+    if layers:
+        keep = select_layers(sorted(entries), layers)
+        entries = {k: entries[k] for k in keep}
+    counts = {}
+    for e in entries.values():
+        counts[e.scheme.name] = counts.get(e.scheme.name, 0) + 1
+    name = os.path.basename(nf.path)
+    desc = f"nunchaku checkpoint {name} (" + ", ".join(f"{c} {s}" for s, c in sorted(counts.items())) + ")"
+    if model is None:
+        if inputs:
+            raise ValueError("--inputs needs --model with a nunchaku checkpoint: it holds no model, so its layers run "
+                             "alone on seeded synthetic inputs")
+        return _layer_only(desc + ", layer-only (a nunchaku checkpoint holds no model; pass --model to run it end "
+                                  "to end)", entries, dtype, seed, batch, seq, skipped)
+    fm, kind = _given_model(model, seed, dtype)
+    mods = dict(fm.named_modules())
+    missing = [n for n in entries if not isinstance(mods.get(n), nn.Linear)]
+    if missing:
+        raise ValueError(f"--checkpoint {name}: layers {missing[:5]} are not linear layers of --model {model} "
+                         f"(first linears there: {linear_names(fm)[:3]}); select matching ones with --layers")
+    for n, e in entries.items():
+        k, n_out = e.in_features(), int(e.tensors[L2].shape[0])
+        if (mods[n].in_features, mods[n].out_features) != (k, n_out):
+            raise ValueError(f"--checkpoint {name}: layer {n} is K={k} -> N={n_out} in the checkpoint but "
+                             f"{mods[n].in_features} -> {mods[n].out_features} in --model {model}")
+    return _with_model(desc + f", end to end in {model}", fm, kind, entries, inputs, dtype, seed, batch, seq,
+                       "float model (original weights)", False, skipped)
 
 
 def _model_from_checkpoint_config(ckpt_dir, ck, dtype):
@@ -382,12 +482,7 @@ def _load_float_and_dequant(model: nn.Module, ck, entries: dict[str, LayerEntry]
         mods = dict(model.named_modules())
         for n, e in entries.items():
             lin = mods[n]
-            k = e.in_features()
-            w = e.scheme.dequantize_weight(e.tensors, k)
-            ms = e.tensors.get("mul_scale")
-            if ms is not None:  # y = (x * s) @ W.T = x @ (W * s).T
-                w = w * ms.to(torch.float32).reshape(1, -1)
-            lin.weight.copy_(w.to(lin.weight.dtype))
+            lin.weight.copy_(float_weight(e).to(lin.weight.dtype))  # mul_scale / smooth_factor folded in
             b = e.tensors.get("bias")
             if b is not None and lin.bias is not None:
                 lin.bias.copy_(b.to(lin.bias.dtype))

@@ -79,6 +79,8 @@ def ulp_cell(r: dict) -> tuple[str, str | None]:
     if r.get("mode") == FALLBACK_MODE:
         if r.get("semantics") == "weight-only" and r.get("vs_weight_only") is not None:
             return f"{_f(r['vs_weight_only'].get('max_ulp'))} (w-o)", "wo"
+        if (r.get("vs_reference") or {}).get("identical"):  # a fallback that runs the reference math (svdq decoded)
+            return _f(r["vs_reference"].get("max_ulp")), None
         return "n/a", "fallback"
     vr = r.get("vs_reference") or {}
     return _f(vr.get("max_ulp")), None

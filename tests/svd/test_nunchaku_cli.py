@@ -98,6 +98,9 @@ def test_layer_only_every_layer_on_every_backend_strict(nfile, tmp_path):
             assert r["quant"]["identical"] and set(r["quant"]["keys"]) == {"x_q", "x_scale"}, r["quant"]
             assert r["vs_reference"]["identical"], r["vs_reference"]
     assert rep["verdict"]["strict"]["pass"] and rep["verdict"]["smoke"]["pass"]
+    md = (tmp_path / "o" / "parity.md").read_text()  # side by side: bytes identical, 0 ulp from the reference
+    for b in ("npu-sim:A2", "npu-sim:A5"):
+        assert f"| blocks.0.ff.proj_in | svdq_nvfp4 | (128, 256) | {b} | exact fallback | identical | 0 | 0 |" in md
 
 
 def test_layer_numbers_are_those_of_the_layers(nfile, tmp_path):

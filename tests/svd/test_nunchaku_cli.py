@@ -289,3 +289,20 @@ def test_bad_files_are_named(nfile, tmp_path, capsys):
                        (["--scheme", "mxfp4"], "--scheme applies to --model")]:
         assert main(["parity", "--out", str(tmp_path / "o"), "--checkpoint", str(path)] + RUN + extra) == 2, extra
         assert msg in capsys.readouterr().err, extra
+
+
+@pytest.mark.gpu
+def test_cuda_side_by_side(nfile, tmp_path):
+    """On the GPU machine: the same file with the cuda backend beside the CPU ones (its residual quantizer is the
+    reference's, run on the GPU: bytes identical; outputs within the strict E1 bound)."""
+    path, _ = nfile
+    out = tmp_path / "o"
+    rc = main(["parity", "--out", str(out), "--checkpoint", str(path), "--backends", BACKENDS + ",cuda",
+               "--repeat", "1", "--no-plot", "-q", "--fail-on", "strict"])
+    rep = json.loads((out / "parity.json").read_text())
+    assert rc == 0, rep["verdict"]["strict"]["failures"]
+    assert next(b for b in rep["backends"] if b["name"] == "cuda")["available"]
+    for L in rep["layers"]:
+        r = L["results"]["cuda"]
+        assert r["status"] == "ok", (L["name"], r)
+        assert r["quant"] is not None and r["quant"]["identical"], (L["name"], r["quant"])

@@ -79,3 +79,46 @@ def test_tolerances_can_fail():
     assert not C.check_lowrank_add(twin, "cpu", torch.bfloat16, 300, 256, 16, 64, seed=0)
     r = torch.randn(8, 16) * 10
     assert not bool(((r * (1 + 2.0 ** -5) - r).abs() <= C.residual_tol("cuda.int8_dynamic", r, torch.bfloat16)).all())
+
+
+def test_every_cuda_prepare_registers_the_compile_handle():
+    """Every CUDA kernel's prepare, its own or inherited (``cuda.svd`` takes ``SVDKernel.prepare``), registers the
+    prepared layer for the ``torch.compile`` custom op (2026-12-02 H200: ``cuda.svd`` had no ``_op_handle``)."""
+    from omni_npu_quant.kernels.registry import kernel_classes
+
+    cuda = [c for c in kernel_classes() if c.device_kind == "cuda"]
+    assert any(c.name == "cuda.svd" for c in cuda)
+    for c in cuda:
+        assert getattr(c.prepare, "_registers_handle", False), c.name
+
+
+COMPILE_SCRIPT = textwrap.dedent("""
+    import logging, sys
+    from omni_npu_quant.kernels.cuda.jit import interpret
+    interpret.enable()
+    import torch
+    logging.disable(logging.WARNING)
+    sys.path.insert(0, {here!r})
+    import _svd_cuda_cases as C
+    from omni_npu_quant.backends import CudaBackend
+    s, t = C.make_layer('w8a8_dynamic_svd', 160, 256, 7, bias=True, zero_branch=False, seed=6)
+    be = CudaBackend(device='cpu')
+    p = be.prepare(s, t, torch.float16)
+    assert p.kernel_name == 'cuda.svd', p.kernel_name
+    f = lambda x: be.apply(p, x)
+    cf = torch.compile(f, fullgraph=True)
+    for m in (16, 19):
+        x = torch.randn(m, p.k, dtype=torch.float16)
+        print('SAME', m, torch.equal(cf(x), f(x)))
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed in this environment")
+def test_cuda_svd_under_torch_compile_in_interpreter():
+    """``cuda.svd`` through the custom op under ``torch.compile`` equals eager bit for bit: its fake must say fp32 (the
+    branch kernel's output), not the activation dtype (before: the compiled graph misread the fp32 output)."""
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT.format(here=HERE)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("SAME") == 2 and "False" not in r.stdout, r.stdout[-2000:]

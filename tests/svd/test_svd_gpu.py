@@ -97,7 +97,10 @@ def test_torch_compile_custom_op(monkeypatch):
     torch._dynamo.reset()
 
     def f(x):
-        return be.apply(p, x * 2.0) + 1.0
+        # relu, not "+ 1.0": cuda.svd returns fp32 and the backend rounds it to bf16; Inductor fuses that cast with
+        # a following add and skips the intermediate rounding (emulate_precision_casts off), so "+ 1.0" differs
+        # from eager by design (2026-12-02 H200); relu commutes with rounding
+        return torch.relu(be.apply(p, x * 2.0))
 
     cf = torch.compile(f, fullgraph=True)
     for m in (16, 19):

@@ -34,13 +34,17 @@ def _register(p):
 def cuda_linear(x2: torch.Tensor, handle: int, add_bias: bool) -> torch.Tensor:
     """(M, K) activation -> (M, N) through the prepared layer registered under ``handle``."""
     p = _HANDLES[handle]
-    return p.kernel._apply(p, x2, add_bias)
+    out = p.kernel._apply(p, x2, add_bias)
+    if out.dtype != p.kernel.output_dtype(p):  # compiled graphs only: the fake promised output_dtype
+        raise RuntimeError(f"{p.kernel.name}: returned {out.dtype}, its output_dtype() says "
+                           f"{p.kernel.output_dtype(p)} (the torch.compile fake would misread the output)")
+    return out
 
 
 @cuda_linear.register_fake
 def _cuda_linear_fake(x2, handle, add_bias):
     p = _HANDLES[handle]
-    return x2.new_empty((x2.shape[0], p.n), dtype=p.act_dtype)
+    return x2.new_empty((x2.shape[0], p.n), dtype=p.kernel.output_dtype(p))
 
 SM90_VERIFIED = ("tested on an H200 (SM90): tests/backends/cuda -m gpu, quantizer bytes and outputs vs the reference, "
                  "2026-11-21")
@@ -88,12 +92,16 @@ class CudaKernel(LinearKernel):
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        own = cls.__dict__.get("prepare")
-        if own is not None:  # every CUDA prepare registers its PreparedLinear for the custom op
+        # every CUDA prepare registers its PreparedLinear for the custom op: the class's own prepare, or one it
+        # inherits from a mixin that is not a CudaKernel (cuda.svd takes SVDKernel.prepare; 2026-12-02 H200:
+        # torch.compile of cuda.svd failed with no _op_handle)
+        own = getattr(cls, "prepare", None)
+        if own is not None and not getattr(own, "_registers_handle", False):
             @functools.wraps(own)
             def prepare(self, *a, **k):
                 return _register(own(self, *a, **k))
 
+            prepare._registers_handle = True
             cls.prepare = prepare
     families: tuple[str, ...] = ("sm80", "sm89", "sm90", "sm100", "sm120")
 
@@ -110,6 +118,11 @@ class CudaKernel(LinearKernel):
     @classmethod
     def family_refusal(cls, family: str) -> str:
         return f"{cls.name} runs on {'/'.join(cls.families)}, not {family}"
+
+    def output_dtype(self, p) -> torch.dtype:
+        """The dtype ``_apply`` returns (the custom op's fake must say the same: a wrong one reinterprets the
+        output's bytes in compiled graphs): the activation dtype unless a kernel says otherwise."""
+        return p.act_dtype
 
     def apply(self, p, x2, add_bias=True):
         if torch.compiler.is_compiling():

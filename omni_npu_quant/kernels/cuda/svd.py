@@ -31,6 +31,9 @@ class CudaSVD(SVDKernel, CudaKernel):
 
     apply = CudaKernel.apply  # not SVDKernel's composed torch branch: the CUDA launches, eager or compiled
 
+    def output_dtype(self, p):
+        return F32  # lowrank_add writes fp32 (the backend rounds once to the caller's dtype)
+
     def _apply(self, p, x2, add_bias=True):
         svd_lowrank = jit_module("svd_lowrank")  # imported once, not per call
         rp = p.residual

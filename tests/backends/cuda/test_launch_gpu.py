@@ -129,7 +129,9 @@ def test_torch_compile_quantlinear_model(name, monkeypatch):
         return QuantLinear(scheme, {s: v.to(DEV) for s, v in t.items()}, backend=CudaBackend(),
                            act_dtype=torch.bfloat16)
 
-    model = torch.nn.Sequential(ql(h, k), torch.nn.GELU(), ql(k, h)).to(DEV)
+    # ReLU, not GELU: Inductor's generated GELU and eager's differ by an ulp on some inputs (CPU and, 2026-12-02,
+    # the H200: w4a16 / mxfp4_dual failed here), which is not what this test is about; ReLU is exact in both
+    model = torch.nn.Sequential(ql(h, k), torch.nn.ReLU(), ql(k, h)).to(DEV)
     assert all(m.prepared.kernel_name.startswith("cuda.") for m in (model[0], model[2]))
     torch._dynamo.reset()
     cm = torch.compile(model, fullgraph=True)

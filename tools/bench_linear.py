@@ -66,6 +66,10 @@ CASES = {
     "mxfp4[gemv]": ("mxfp4", "cuda.mx", {"gemv": "1"}, 16),
     "w4a8_mxfp[gemv]": ("w4a8_mxfp", "cuda.mx", {"gemv": "1"}, 16),
 }
+# SVD low-rank + residual (issue 16), opt-in (--cases ...,mxfp4_svd,w8a8_dynamic_svd): rank 32 on random weights, the
+# branch kernel of cuda.svd beside the residual's own kernel; the scheme options each case's scheme is built with
+OPT_IN = {"mxfp4_svd": ("mxfp4_svd", None, {}, None), "w8a8_dynamic_svd": ("w8a8_dynamic_svd", None, {}, None)}
+SCHEME_OPTS = {"mxfp4_svd": {"rank": 32}, "w8a8_dynamic_svd": {"rank": 32}}
 # w8a16 is left out by default: no CUDA kernel implements it, so it would time the exact reference fallback
 # (add it with --cases ...,w8a16 to see what that costs).
 DIT_SCHEMES = ("w8a8_dynamic", "mxfp8", "mxfp4", "w4a8_mxfp", "mxfp4_dual", "w4a16")
@@ -257,7 +261,7 @@ def _our_stack(label, spec, ws0, b0, L, n, k):
     from omni_npu_quant.schemes.registry import get_scheme
 
     name, kern, opts, _ = spec
-    sch = get_scheme(name)
+    sch = get_scheme(name, **SCHEME_OPTS.get(name, {}))
     bad = sch.shape_problem(n, k)
     if bad:
         return bad
@@ -687,7 +691,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=SHAPES, help="N x K list")
     ap.add_argument("--ms", default=MS, help="M list (every shape)")
-    ap.add_argument("--cases", default=",".join(CASES), help=f"our cases, from: {', '.join(CASES)}, w8a16")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"our cases, from: {', '.join(CASES)}, w8a16, {', '.join(OPT_IN)}")
     ap.add_argument("--no-dit", action="store_true", help="leave out the DiT-block unit")
     ap.add_argument("--dit-schemes", default=",".join(DIT_SCHEMES), help="schemes of the DiT-block unit")
     ap.add_argument("--part", default="1/1", help="i/n: run the i-th of n cost-balanced groups of units")
@@ -723,10 +727,11 @@ def main(argv=None):
         return 0
     if "w8a16" in a.cases.split(","):
         CASES["w8a16"] = ("w8a16", None, {}, None)
+    CASES.update({c: OPT_IN[c] for c in a.cases.split(",") if c in OPT_IN})
     names = [c for c in a.cases.split(",") if c]
     unknown = [c for c in names if c not in CASES]
     if unknown:
-        raise SystemExit(f"--cases: unknown {unknown}; known: {', '.join(CASES)}, w8a16")
+        raise SystemExit(f"--cases: unknown {unknown}; known: {', '.join(CASES)}, w8a16, {', '.join(OPT_IN)}")
     dit_schemes = tuple(d for d in a.dit_schemes.split(",") if d)
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",") if s]
     units = _units(shapes, [int(s) for s in a.ms.split(",")], dit=not a.no_dit)

@@ -138,7 +138,7 @@ def _rows_emit(x, e, nan_scale, code, s_row, k0, cols, rmask, q_ptr, sc_ptr, xr_
     tl.store(xr_ptr + rrow[:, None, None] + cols[None, :, :], xr, mask=smask)
 
 
-@triton.jit(do_not_specialize=["M"])  # M only bounds the rows: one compile for every M
+@triton.jit
 def mx_quant_rowwise_kernel(x_ptr, sm_ptr, q_ptr, sc_ptr, xr_ptr, sx_ptr, M, K, KP, stride_xm, stride_qm, stride_sm,
                             stride_rm, HAS_SMOOTH: tl.constexpr, IS_FP8: tl.constexpr, EMAX: tl.constexpr,
                             MAXV: tl.constexpr, ROUND: tl.constexpr, SCALE_ALG: tl.constexpr, HEADROOM: tl.constexpr,

@@ -7,9 +7,7 @@ rows whose blocks span more than the E4M3 window lose bits below 2**-9 of the ro
 scale, and the FP8 tensor cores accumulate in reduced precision inside each 128-K chunk.  Which
 weight rows are exact is counted at prepare (a note names the count).  The activation quantizer is
 one fused kernel (``jit/fp8tc.py``) that writes the MX bytes and codes ``quantize_activation``
-reports (identical to the reference) and the row-rescaled E4M3 bytes the GEMM reads; its plan (chunk
-width, one or two passes over K, rows per program by M) is made once per layer at prepare
-(``fp8tc.rowwise_plan(Kp, SM count)``) and both ``quantize_activation`` and ``apply`` run with it.
+reports (identical to the reference) and the row-rescaled E4M3 bytes the GEMM reads.
 
 Prepare-time choices (``fp8tc_gemm`` / ``OMNI_NPU_QUANT_CUDA_FP8TC_GEMM``): by default ("scaled_mm") the
 kernel takes bf16 layers with N % 16 == 0 and runs M > 16 through ``torch._scaled_mm`` (rowwise scales,
@@ -52,7 +50,6 @@ class CudaMXFp8Prepared(CudaMXPrepared):
     scaled_mm: bool = False  # M > DECODE_M: torch._scaled_mm (cuBLAS / CUTLASS rowwise) instead of the Triton GEMM
     sw_row: torch.Tensor | None = None  # sw as (1, N) for torch._scaled_mm
     bias_bf16: torch.Tensor | None = None  # torch._scaled_mm takes a bf16 bias
-    q_plan: tuple | None = None  # the activation quantizer's plan (fp8tc.rowwise_plan), made at prepare
 
 
 DECODE_M = 16  # at M <= 16 the Triton FP8 GEMM beat torch._scaled_mm on the H200 (2026-12-01 bench)
@@ -121,8 +118,6 @@ class CudaMXFp8TC(CudaMX):
         p.kernel = self
         p.wr, p.sw = wr.contiguous(), sw.contiguous()
         p.exact_rows = int(exact.sum())
-        fp8tc = jit_module("fp8tc")
-        p.q_plan = fp8tc.rowwise_plan(p.kp, self._sm_count() or fp8tc.DEFAULT_SMS)
         # M <= 16 goes to cuda.mx (for E4M3 weights its decode kernel was also faster, 2026-12-01 bench), except
         # FP4 weights with the Triton GEMM opted in ("auto" / "triton"), measured faster there
         fp4_decode = self.gemm != "scaled_mm" and scheme.weight_fmt.bits == 4
@@ -140,12 +135,6 @@ class CudaMXFp8TC(CudaMX):
             p.notes.append(f"{self.name}: {n - p.exact_rows} of {n} weight rows are not exact on the rowwise E4M3 "
                            f"grid (error below 2**-9 of the row's largest block scale; E2 contract)")
         return p
-
-    def _sm_count(self) -> int | None:
-        """SMs of the layer's device (the quantizer's rows-per-program rule); None off CUDA."""
-        if self.torch_device.type != "cuda":
-            return None
-        return int(torch.cuda.get_device_properties(self.torch_device).multi_processor_count)
 
     def _scaled_mm_ok(self, p) -> bool:
         """torch._scaled_mm rowwise on this (N, Kp)?  Probed once per shape at prepare time."""
@@ -169,7 +158,7 @@ class CudaMXFp8TC(CudaMX):
 
         s = p.scheme
         q, codes, _, _ = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
-                                                write_mx=True, launch_opts=ops._launch_opts(), plan=p.q_plan)
+                                                write_mx=True, launch_opts=ops._launch_opts())
         return self._storage(p, (q, codes, None))
 
     def _apply(self, p, x2, add_bias=True):
@@ -179,7 +168,7 @@ class CudaMXFp8TC(CudaMX):
 
         s = p.scheme
         _, _, xr, sx = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
-                                              write_mx=False, launch_opts=ops._launch_opts(), plan=p.q_plan)
+                                              write_mx=False, launch_opts=ops._launch_opts())
         if p.scaled_mm and x2.shape[0] > DECODE_M:
             return torch._scaled_mm(xr.view(torch.float8_e4m3fn), p.wr.view(torch.float8_e4m3fn).t(),
                                     scale_a=sx.view(-1, 1), scale_b=p.sw_row,

@@ -13,169 +13,81 @@ lost bits are below 2**-9 of the row's largest block scale (about 2**-17 of the 
 |value|).  Together with the tensor cores' reduced-precision accumulation inside ``PROMOTE`` this
 path is E2: within rtol 1e-3 of the reference (as op-plugin's MX matmul tests), not bit-identical.
 
-``mx_quant_rowwise_kernel`` quantizes ROWS rows per program over chunks of NB 32-element blocks (the
-plan, ``rowwise_plan``, is chosen per layer at prepare from Kp and the SM count; per call only the rows per
-program follow M).  When the padded row fits one chunk (``SINGLE``) it is read once: block |max|, block
-exponents, row exponent and every output come from the same registers.  Otherwise pass 1 finds the row
-exponent (the largest block exponent among blocks whose input |max| is not 0, minus the headroom) and pass 2
-re-reads the chunk (from L2: a program holds at most ``ROW_BUDGET`` elements between the passes) and writes
-the row-rescaled E4M3 bytes and (``WRITE_MX``) the MX bytes and E8M0 codes.  Chunks need not divide Kp:
-loads are masked at K, stores at Kp.  The MX element values and codes come from the same jit helpers as
-``triton_kernels.mx_quant_kernel`` (identical bytes), except two roundings done by the FP8 convert
-(``.to(tl.float8e4nv)``: ``cvt.rn.satfinite.e4m3x2.f32`` on SM90, round-half-even, saturating at 448): the E4M3
-elements of ``x * 2**-e`` (FP8 activations, "rint"), and the re-rounding of the shifted element values onto
-E4M3.  Triton's interpreter models that convert through torch (``interpret.py``); the GPU tests compare the
-instruction with the jit helpers over every E4M3 / E2M1 value times every shift, and with the twin.
+``mx_quant_rowwise_kernel`` is one program per row, two passes over K: pass 1 finds the row exponent
+(the largest block exponent among blocks whose input |max| is not 0, minus the headroom),
+pass 2 writes the row-rescaled E4M3 bytes and (``WRITE_MX``) the MX bytes and E8M0 codes, computed by
+the same jit helpers as ``triton_kernels.mx_quant_kernel`` (identical bytes).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ....numerics.constants import E2M1, E4M3, ElemFormat
+from ....numerics.constants import E2M1, ElemFormat
 from .launch import fast as _fast
-from .triton_kernels import _e2m1_code, _grouped_tile, _mx_block_exponent, _pow2, P2M64
+from .triton_kernels import (_e2m1_code, _e4m3_code, _grouped_tile, _mx_block_exponent, _mx_elements, _pow2,
+                             P2M64)
 
 _ROUND = {"rint": 0, "round": 1, "floor": 2}
 
 
 @triton.jit
-def _rows_values(x_ptr, sm_ptr, xrow, rmask, cols, K, HAS_SMOOTH: tl.constexpr):
-    """x[rows, cols] as fp32 [ROWS, NB, 32]; 0 for rows >= M and columns >= K (the reference's zero padding).
-    bf16 <-> fp32 on the bit patterns (exact widening; RNE narrowing of the smoothed product, NaN kept): what
-    the GPU's conversions do, and what Triton 3.6's interpreter does not (it mis-converts bf16 subnormals and
-    rounds fp32 -> bf16 half-up), so that the interpreter tests see the GPU's bytes."""
-    cmask = cols < K
-    x = tl.load(x_ptr + xrow[:, None, None] + cols[None, :, :], mask=rmask[:, None, None] & cmask[None, :, :],
-                other=0.0)
-    BF16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
-    if BF16:
-        xf = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
-    else:
-        xf = x.to(tl.float32)
+def _row_pass_values(x_ptr, sm_ptr, row, offs, K, stride_xm, HAS_SMOOTH: tl.constexpr):
+    mask = offs < K
+    x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0)
     if HAS_SMOOTH:  # non-fused smoothing: rounded to the activation dtype (schemes.base.apply_mul_scale)
-        y = xf * tl.load(sm_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :, :]
-        if BF16:
-            yb = y.to(tl.int32, bitcast=True)
-            z = ((yb + 0x7FFF + ((yb >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-            xf = tl.where(y != y, y, z)
-        else:
-            xf = y.to(x_ptr.dtype.element_ty).to(tl.float32)
-    return xf
+        sm = tl.load(sm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = (x.to(tl.float32) * sm).to(x.dtype)
+    return x.to(tl.float32)
 
 
 @triton.jit
-def _block_stats(x, EMAX: tl.constexpr, MAXV: tl.constexpr, SCALE_ALG: tl.constexpr, IS_FP8: tl.constexpr):
-    """[ROWS, NB, 32] fp32 -> per block (|max| bits, exponent, NaN scale, E8M0 code), each [ROWS, NB]."""
-    amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=2)
-    e, nan_scale, code = _mx_block_exponent(amax_bits, EMAX, MAXV, SCALE_ALG, IS_FP8, 0x400000)
-    return amax_bits, e, nan_scale, code
-
-
-@triton.jit
-def _e2m1_elements(v, ROUND: tl.constexpr):
-    """fp32 v (x * 2**-e, NaN-scale blocks already 0) -> exact E2M1 element value, as
-    ``numerics.elements.quantize_elements_`` (emin 0, mbits 1, max 6): step = 2**(max(floor(log2|v|), 0) - 1),
-    m = v / step rounded (0 rint, 1 half away from zero with the fp32 add of 0.5, 2 floor), q = clamp(m * step).
-    The binade is capped at 2**3 (|v| >= 8 saturates to 6 whatever the rounding), so every power of two is in
-    range.  rint: |v| + 2**22 * step rounds |v| to a multiple of step (the ulp of that sum) half to even."""
-    vb = v.to(tl.int32, bitcast=True)
-    sign = vb & (-2147483648)
-    a = vb & 0x7FFFFFFF
-    pe = tl.minimum(tl.maximum(((a >> 23) & 0xFF) - 127, 0), 3)
-    af = a.to(tl.float32, bitcast=True)
-    if ROUND == 0:
-        c = ((pe + 149) << 23).to(tl.float32, bitcast=True)  # 2**(pe + 22)
-        q = tl.minimum((af + c) - c, 6.0)
-        q = (q.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
-    elif ROUND == 1:
-        t = af * _pow2(1 - pe) + 0.5  # |m| + 0.5, rounded in fp32 as the reference
-        r = (t + 8388608.0) - 8388608.0  # rint for t < 2**23 (t is an integer above)
-        r = tl.where(r > t, r - 1.0, r)  # floor
-        q = tl.minimum(r * _pow2(pe - 1), 6.0)
-        q = (q.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
-    else:
-        m = v * _pow2(1 - pe)
-        r = (m + 12582912.0) - 12582912.0  # rint for |m| < 2**22, either sign (|m| >= 2**22 saturates anyway)
-        r = tl.where(r > m, r - 1.0, r)  # floor
-        r = tl.where(m == 0.0, m, r)  # floor(-0) = -0
-        q = tl.minimum(tl.maximum(r * _pow2(pe - 1), -6.0), 6.0)
-    return q
-
-
-@triton.jit
-def _rows_emit(x, e, nan_scale, code, s_row, k0, cols, rmask, q_ptr, sc_ptr, xr_ptr, qrow, srow, rrow, KP,
-               IS_FP8: tl.constexpr, ROUND: tl.constexpr, HEADROOM: tl.constexpr, WRITE_MX: tl.constexpr,
-               ROWS: tl.constexpr, NB: tl.constexpr):
-    """One chunk's outputs: E4M3 bytes of the row-rescaled element values, and (WRITE_MX) MX bytes + E8M0 codes.
-    Element formats: E4M3 with "rint" (IS_FP8) or E2M1 (any round mode); the host wrapper refuses others.
-    v = x * 2**-e is one fp32 multiply, as in numerics.mx (IEEE: SM90's FMUL does not flush subnormal x, nor
-    does numpy), NaN-scale blocks set to 0 as there."""
-    v = tl.where(nan_scale[:, :, None], 0.0, x * _pow2(-tl.minimum(e, 126))[:, :, None])
-    if IS_FP8:
-        # E4M3 elements (RNE, saturating at 448) are the FP8 convert: cvt.rn.satfinite.e4m3x2.f32 on SM90
-        qb = v.to(tl.float8e4nv)
-        q = qb.to(tl.float32)
-    else:
-        q = _e2m1_elements(v, ROUND)
-    smask = rmask[:, None, None] & (cols < KP)[None, :, :]
-    if WRITE_MX:
-        blk = k0 // 32 + tl.arange(0, NB)
-        tl.store(sc_ptr + srow[:, None] + blk[None, :], code.to(tl.uint8),
-                 mask=rmask[:, None] & (blk < KP // 32)[None, :])
-        if IS_FP8:
-            tl.store(q_ptr + qrow[:, None, None] + cols[None, :, :], qb.to(tl.uint8, bitcast=True), mask=smask)
-        else:
-            c = tl.reshape(_e2m1_code(q), [ROWS, NB, 16, 2])
-            lo, hi = tl.split(c)
-            pcols = k0 // 2 + tl.arange(0, NB)[:, None] * 16 + tl.arange(0, 16)[None, :]
-            tl.store(q_ptr + qrow[:, None, None] + pcols[None, :, :], (lo | (hi << 4)).to(tl.uint8),
-                     mask=rmask[:, None, None] & (pcols < KP // 2)[None, :, :])
-    shift = tl.minimum(tl.maximum(tl.minimum(e, 127) - s_row[:, None], -64), HEADROOM)  # above: NaN-scale blocks
-    # q * 2**shift is exact (|.| <= 448); its RNE onto E4M3 is the same FP8 convert
-    xr = (q * _pow2(shift)[:, :, None]).to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-    tl.store(xr_ptr + rrow[:, None, None] + cols[None, :, :], xr, mask=smask)
-
-
-@triton.jit
-def mx_quant_rowwise_kernel(x_ptr, sm_ptr, q_ptr, sc_ptr, xr_ptr, sx_ptr, M, K, KP, stride_xm, stride_qm, stride_sm,
+def mx_quant_rowwise_kernel(x_ptr, sm_ptr, q_ptr, sc_ptr, xr_ptr, sx_ptr, K, KP, stride_xm, stride_qm, stride_sm,
                             stride_rm, HAS_SMOOTH: tl.constexpr, IS_FP8: tl.constexpr, EMAX: tl.constexpr,
-                            MAXV: tl.constexpr, ROUND: tl.constexpr, SCALE_ALG: tl.constexpr, HEADROOM: tl.constexpr,
-                            WRITE_MX: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr, SINGLE: tl.constexpr):
-    """ROWS rows -> row-rescaled E4M3 bytes (KP) + fp32 row scale, and (WRITE_MX) MX q bytes + E8M0 codes.
-    Chunks of NB blocks; SINGLE: NB * 32 >= KP, the row is read once.  Row exponent: the block exponent is
-    monotone in the block |max| (every SCALE_ALG), so the largest exponent among blocks with a non-zero |max|
-    is the exponent of the row |max|, and a NaN scale in some block is a NaN scale of the row |max|."""
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    rmask = rows < M
-    r64 = rows.to(tl.int64)
-    xrow, qrow, srow, rrow = r64 * stride_xm, r64 * stride_qm, r64 * stride_sm, r64 * stride_rm
+                            EMIN: tl.constexpr, MBITS: tl.constexpr, MAXV: tl.constexpr, ROUND: tl.constexpr,
+                            SCALE_ALG: tl.constexpr, HEADROOM: tl.constexpr, WRITE_MX: tl.constexpr,
+                            NB: tl.constexpr):
+    """Row -> row-rescaled E4M3 bytes (KP) + fp32 row scale, and (WRITE_MX) MX q bytes + E8M0 codes."""
+    row = tl.program_id(0)
     base = tl.arange(0, NB)[:, None] * 32 + tl.arange(0, 32)[None, :]
-    if SINGLE:
-        x = _rows_values(x_ptr, sm_ptr, xrow, rmask, base, K, HAS_SMOOTH)
-        amax_bits, e, nan_scale, code = _block_stats(x, EMAX, MAXV, SCALE_ALG, IS_FP8)
-        row_amax = tl.max(amax_bits, axis=1)
-    else:
-        acc = tl.zeros([ROWS, NB, 32], tl.int32)
-        for k0 in range(0, KP, NB * 32):  # pass 1: the row |max| (fp32 bit patterns; NaN above Inf)
-            x = _rows_values(x_ptr, sm_ptr, xrow, rmask, k0 + base, K, HAS_SMOOTH)
-            acc = tl.maximum(acc, x.to(tl.int32, bitcast=True) & 0x7FFFFFFF)
-        row_amax = tl.max(tl.max(acc, axis=2), axis=1)
-    e_row, is_nan, _ = _mx_block_exponent(row_amax, EMAX, MAXV, SCALE_ALG, IS_FP8, 0x400000)
-    s_row = tl.where(row_amax != 0, tl.minimum(e_row, 127) - HEADROOM, 0)
-    if SINGLE:
-        _rows_emit(x, e, nan_scale, code, s_row, 0, base, rmask, q_ptr, sc_ptr, xr_ptr, qrow, srow, rrow, KP,
-                   IS_FP8, ROUND, HEADROOM, WRITE_MX, ROWS, NB)
-    else:
-        for k0 in range(0, KP, NB * 32):  # pass 2: every output of the chunk
-            x = _rows_values(x_ptr, sm_ptr, xrow, rmask, k0 + base, K, HAS_SMOOTH)
-            amax_bits, e, nan_scale, code = _block_stats(x, EMAX, MAXV, SCALE_ALG, IS_FP8)
-            _rows_emit(x, e, nan_scale, code, s_row, k0, k0 + base, rmask, q_ptr, sc_ptr, xr_ptr, qrow, srow, rrow,
-                       KP, IS_FP8, ROUND, HEADROOM, WRITE_MX, ROWS, NB)
+    emax_row = tl.full([NB], -100000, tl.int32)
+    nan_row = tl.zeros([NB], tl.int32)
+    for k0 in range(0, KP, NB * 32):
+        x = _row_pass_values(x_ptr, sm_ptr, row, k0 + base, K, stride_xm, HAS_SMOOTH)
+        amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
+        e, nan_scale, code = _mx_block_exponent(amax_bits, EMAX, MAXV, SCALE_ALG, IS_FP8, 0x400000)
+        emax_row = tl.maximum(emax_row, tl.where(amax_bits != 0, tl.minimum(e, 127), -100000))
+        nan_row = nan_row | nan_scale.to(tl.int32)
+    em = tl.max(emax_row, axis=0)
+    s_row = tl.where(em > -100000, em - HEADROOM, 0)
+    is_nan = tl.max(nan_row, axis=0) != 0
+    for k0 in range(0, KP, NB * 32):
+        offs = k0 + base
+        x = _row_pass_values(x_ptr, sm_ptr, row, offs, K, stride_xm, HAS_SMOOTH)
+        amax_bits = tl.max(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, axis=1)
+        e, nan_scale, code = _mx_block_exponent(amax_bits, EMAX, MAXV, SCALE_ALG, IS_FP8, 0x400000)
+        q = _mx_elements(x, e[:, None], nan_scale[:, None], EMIN, MBITS, MAXV, ROUND)
+        if WRITE_MX:
+            blk = k0 // 32 + tl.arange(0, NB)
+            tl.store(sc_ptr + row * stride_sm + blk, code.to(tl.uint8))
+            if IS_FP8:
+                tl.store(q_ptr + row * stride_qm + offs, _e4m3_code(q))
+            else:
+                c = tl.reshape(_e2m1_code(q), [NB, 16, 2])
+                lo, hi = tl.split(c)
+                poffs = k0 // 2 + tl.arange(0, NB)[:, None] * 16 + tl.arange(0, 16)[None, :]
+                tl.store(q_ptr + row * stride_qm + poffs, (lo | (hi << 4)).to(tl.uint8))
+        shift = tl.minimum(tl.maximum(tl.minimum(e, 127) - s_row, -64), HEADROOM)  # above: NaN-scale blocks
+        v = q * _pow2(shift)[:, None]
+        # round onto the E4M3 grid with the MX element rounding (block exponent 0, RNE, saturating)
+        r = _mx_elements(v, tl.zeros([NB, 1], tl.int32), tl.zeros([NB, 1], tl.int1), -6, 3, 448.0, 0)
+        tl.store(xr_ptr + row * stride_rm + offs, _e4m3_code(r))
     scale = tl.where(s_row >= -126, _pow2(tl.maximum(s_row, -126)), _pow2(tl.maximum(s_row + 64, -126)) * P2M64)
     scale = tl.where(is_nan, float("nan"), scale)
-    tl.store(sx_ptr + rows, scale, mask=rmask)
+    tl.store(sx_ptr + row, scale)
 
 
 @triton.jit
@@ -215,119 +127,27 @@ def _opt_tuple(num_warps, num_stages, launch_opts) -> tuple:
         tuple((launch_opts or {}).items())
 
 
-# ---------------------------------------------------------------------------------------------
-# the activation quantizer's plan (per layer, at prepare): chunk width, one or two passes, rows per program
-# ---------------------------------------------------------------------------------------------
-TILE = 4096  # elements a program works on per chunk when M is large (rows x chunk)
-SINGLE_MAX = 8192  # the longest padded row read once (held in registers)
-ROW_BUDGET = 16384  # elements a two-pass program reads between its passes (so pass 2 re-reads them from L2)
-CHUNKS = (2048, 1024, 512, 256)  # two-pass chunk widths (64 / 32 / 16 / 8 blocks), widest first
-SINGLE_MASKED = 8  # at large M one pass may mask at most kp / 8 (pass 1 costs about a tenth of pass 2)
-CHUNK_MASKED = 16  # ... and a two-pass chunk's tail at most kp / 16
-ELEMS_PER_THREAD = 8  # num_warps = rows x chunk / (32 x this), 1 to 16 (at least 4 for the small-M level)
-DEFAULT_SMS = 132  # H100 / H200 SXM; prepare passes the device's own count
-
-
-class RowwisePlan(tuple):
-    """(kp, levels): ``levels`` = ((min_m, rows, nb, single, num_warps), ...) by falling min_m, the last with
-    min_m 0: M >= min_m runs ``rows`` rows per program over chunks of ``nb`` 32-element blocks, in one pass
-    when ``single`` (the padded row fits one chunk) and two otherwise."""
-
-    __slots__ = ()
-
-    def __new__(cls, kp, levels):
-        return tuple.__new__(cls, (kp, levels))
-
-    kp = property(lambda self: self[0])
-    levels = property(lambda self: self[1])
-
-    def pick(self, m: int) -> tuple:
-        """(rows, nb, single, num_warps) for M rows."""
-        for lv in self[1]:
-            if m >= lv[0]:
-                return lv[1:]
-        return self[1][-1][1:]
-
-
-def _pow2_floor(x: int) -> int:
-    return 1 << (max(1, x).bit_length() - 1)
-
-
-def _warps(tile: int, least: int = 1) -> int:
-    return min(16, max(least, tile // (32 * ELEMS_PER_THREAD)))
-
-
-def rowwise_plan(kp: int, n_sm: int = DEFAULT_SMS) -> RowwisePlan:
-    """The quantizer's plan for padded K ``kp`` on a device with ``n_sm`` SMs (a rule, no timing).
-
-    Large M (throughput; few masked lanes):
-    * one pass when the next power of two of kp is at most SINGLE_MAX and masks at most kp / SINGLE_MASKED
-      (Kp 256 ... 8192 powers of two, 3840, 7680, 7936): the row is read once;
-    * otherwise two passes with the widest chunk of CHUNKS whose masked tail is at most kp / CHUNK_MASKED
-      (13824 and 12288: 2048 wide, the last chunk of 13824 3/4 full; 5120 and 3072: 1024; 3328: 256);
-    * rows per program: TILE / chunk, and for two passes at most ROW_BUDGET / kp; halved while M would give
-      fewer than 2 programs per SM.
-    Small M (fewer than 2 programs per SM even at one row each; latency): one row per program and the widest
-    chunk (one pass up to SINGLE_MAX, masked lanes allowed; else 2048 wide), at least 4 warps.
-    """
-    if kp <= 0 or kp % 256:
-        raise ValueError(f"padded K (kp) must be a positive multiple of 256, got {kp}")
-    if n_sm < 1:
-        raise ValueError(f"n_sm must be >= 1, got {n_sm}")
-    p2 = 1 << (kp - 1).bit_length()
-    single = p2 <= SINGLE_MAX and (p2 - kp) * SINGLE_MASKED <= kp
-    if single:
-        bk = p2
-        rows = max(1, TILE // bk)
-    else:
-        bk = next(c for c in CHUNKS if (-(-kp // c) * c - kp) * CHUNK_MASKED <= kp)
-        rows = max(1, min(TILE // bk, _pow2_floor(ROW_BUDGET // kp)))
-    levels = []
-    while rows >= 1:
-        levels.append((rows * 2 * n_sm, rows, bk // 32, single, _warps(rows * bk)))
-        rows //= 2
-    bk1 = p2 if p2 <= SINGLE_MAX else CHUNKS[0]
-    small = (0, 1, bk1 // 32, p2 <= SINGLE_MAX, _warps(bk1, 4))
-    if levels[-1][1:] == small[1:]:
-        levels[-1] = small
-    else:
-        levels.append(small)
-    return RowwisePlan(kp, tuple(levels))
-
-
-_PLANS: dict = {}
+def _interp() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def mx_quant_rowwise(x2: torch.Tensor, smooth, fmt: ElemFormat, round_mode: str, scale_alg: int, kp: int, *,
-                     write_mx: bool = True, launch_opts=None, plan: RowwisePlan | None = None):
-    """(M, K) -> (MX q bytes or None, codes or None, E4M3 bytes (M, kp) uint8, row scale fp32 (M,)).
-    ``plan``: ``rowwise_plan(kp, sms)`` (the kernel's, made at prepare); default: for DEFAULT_SMS SMs."""
+                     write_mx: bool = True, launch_opts=None):
+    """(M, K) -> (MX q bytes or None, codes or None, E4M3 bytes (M, kp) uint8, row scale fp32 (M,))."""
     m, k = x2.shape
-    if not ((fmt is E4M3 and round_mode == "rint") or (fmt is E2M1 and round_mode in _ROUND)):
-        raise ValueError(f"mx_quant_rowwise: activation format {fmt.name} with round_mode={round_mode!r} is not "
-                         f"supported (E4M3 with 'rint', or E2M1 with 'rint' / 'round' / 'floor')")
-    if plan is None:
-        plan = _PLANS.get(kp)
-        if plan is None:
-            plan = _PLANS[kp] = rowwise_plan(kp)
-    elif plan[0] != kp:
-        raise ValueError(f"mx_quant_rowwise: plan is for kp={plan[0]}, called with kp={kp}")
-    if k > kp:
-        raise ValueError(f"mx_quant_rowwise: x2 has K={k} columns, more than the padded kp={kp}")
-    if m > 1 and x2.stride(1) != 1:
-        raise ValueError(f"mx_quant_rowwise: x2 must have unit column stride, got strides {tuple(x2.stride())}")
+    if kp % 256:
+        raise ValueError(f"padded K must be a multiple of 256, got {kp}")
     dev = x2.device
     q = torch.empty((m, kp if fmt.bits == 8 else kp // 2), dtype=torch.uint8, device=dev) if write_mx else None
     sc = torch.empty((m, kp // 32), dtype=torch.uint8, device=dev) if write_mx else None
     xr = torch.empty((m, kp), dtype=torch.uint8, device=dev)
     sx = torch.empty((m,), dtype=torch.float32, device=dev)
     if m:
-        rows, nb, single, nw = plan.pick(m)
-        _ROWWISE((-(-m // rows),), (
-            x2, smooth if smooth is not None else x2, q if write_mx else xr, sc if write_mx else xr, xr, sx, m, k, kp,
+        _ROWWISE((m,), (
+            x2, smooth if smooth is not None else x2, q if write_mx else xr, sc if write_mx else xr, xr, sx, k, kp,
             x2.stride(0), q.stride(0) if write_mx else 0, sc.stride(0) if write_mx else 0, xr.stride(0),
-            smooth is not None, fmt is E4M3, fmt.emax, float(fmt.max_value), _ROUND[round_mode], scale_alg,
-            6 if fmt is E2M1 else 0, write_mx, rows, nb, single), _opt_tuple(nw, None, launch_opts))
+            smooth is not None, fmt.bits == 8, fmt.emax, fmt.emin, fmt.mbits, float(fmt.max_value), _ROUND[round_mode],
+            scale_alg, 6 if fmt is E2M1 else 0, write_mx, 32 if kp % 1024 == 0 else 8), _opt_tuple(4, None, launch_opts))
     return q, sc, xr, sx
 
 
@@ -370,4 +190,4 @@ def fp8_rowwise_gemm(xr, sx, wr, sw, n, kp, out_dtype, *, bias=None, pick=None, 
     return out
 
 
-__all__ = ["mx_quant_rowwise", "rowwise_plan", "RowwisePlan", "fp8_rowwise_gemm", "FP8_TABLE"]
+__all__ = ["mx_quant_rowwise", "fp8_rowwise_gemm", "FP8_TABLE"]

@@ -134,7 +134,10 @@ def test_backend_fp8tc_nan_blocks():
     assert torch.isnan(yr[7]).all() and not torch.isnan(yr[torch.arange(40) != 7]).any()
     assert torch.equal(torch.isnan(yr), torch.isnan(yc))
     fin = ~torch.isnan(yr)
-    assert (yc[fin] - yr[fin]).abs().max().item() <= 1e-3 * yr[fin].abs().max().item() + 1e-2
+    # the E2 contract: 1e-3 of the output scale plus one bf16 ulp of the element (the _scaled_mm output rounding; a
+    # 0.0156 difference at 2.45 was one ulp, 2026-12-02 H200)
+    tol = 1e-3 * yr[fin].abs().max() + 1e-2 + yr[fin].abs() * 2.0 ** -7
+    assert bool(((yc[fin] - yr[fin]).abs() <= tol).all())
     bad = dict(t, weight_scale=t["weight_scale"].clone())
     bad["weight_scale"][5, 2] = 255
     with pytest.raises(SchemeValidationError, match=r"weight_scale.*255.*\[5, 2\]"):

@@ -112,3 +112,39 @@ def test_kernels_in_triton_interpreter():
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "FAILS []" in r.stdout, r.stdout[-3000:]
+
+
+SUBNORMAL_FLOOR_SCRIPT = textwrap.dedent("""
+    from omni_npu_quant.kernels.cuda.jit import interpret
+    interpret.enable()
+    import torch
+    from omni_npu_quant.kernels.cuda.jit import ops, twins
+    from omni_npu_quant.numerics.constants import E4M3, E2M1
+    x = torch.zeros(4, 64)
+    x[:, 0] = 16.0
+    sub = [-2.0**-149, -2.0**-140, -3 * 2.0**-149, 2.0**-149, -2.0**-127, -1e-39, -2.0**-130, -2.0**-126]
+    x[0, 1:1 + len(sub)] = torch.tensor(sub)
+    for r, big in ((1, 2.0**-100), (2, 2.0**-120), (3, 1e-39)):  # block exponents below zero, subnormal max
+        x[r, 32] = big
+        x[r, 33:33 + len(sub)] = torch.tensor(sub)
+    bad = []
+    for fmt, modes in ((E2M1, ('floor', 'rint', 'round')), (E4M3, ('rint',))):
+        for rm in modes:
+            for alg in ((0, 1, 2) if fmt is E2M1 else (0, 1)):
+                a, b = ops.mx_quant(x, None, fmt, rm, alg, 256), twins.twin_mx_quant(x, None, fmt, rm, alg, 256)
+                if not (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])):
+                    bad.append((fmt.name, rm, alg, (a[0] != b[0]).nonzero()[:4].tolist()))
+    print('BAD', bad)
+""")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed in this environment")
+def test_mx_quant_subnormal_underflow_in_interpreter():
+    """fp32 subnormal activations beside a large value in the same block: ``x * 2**-e`` underflows to a signed zero in
+    fp32 (the reference), so "floor" gives -0, not -0.5 (before: the kernel's exact subnormal path clamped its scale
+    at 2**-126 and kept a nonzero value; found 2026-12-02 while reviewing the fp8tc quantizer)."""
+    env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
+    r = subprocess.run([sys.executable, "-c", SUBNORMAL_FLOOR_SCRIPT], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "BAD []" in r.stdout, r.stdout[-2000:]

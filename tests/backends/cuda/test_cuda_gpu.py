@@ -209,3 +209,21 @@ def test_capability_sm90():
         assert cap.mode == "native" and cap.kernel == "cuda.mx_fp8tc"
         dual = CudaBackend().capability(get_scheme("mxfp4_dual"))
         assert dual.kernel == "cuda.mx" and any(k == "cuda.mx_fp8tc" for k, _ in dual.refusals)
+
+
+@pytest.mark.parametrize("rm", ["floor", "rint", "round"])
+def test_mx_quant_subnormal_underflow(rm):
+    """fp32 subnormal activations beside a large value in one block: x * 2**-e underflows to a signed zero in fp32,
+    so "floor" gives -0 (the reference), not -0.5 (fixed 2026-12-02 in triton_kernels._mx_elements; interpreter-tested,
+    this is the GPU check, including any flush-to-zero of the GPU's fp32 multiply)."""
+    x = torch.zeros(4, 64)
+    x[:, 0] = 16.0
+    sub = [-2.0**-149, -2.0**-140, -3 * 2.0**-149, 2.0**-149, -2.0**-127, -1e-39, -2.0**-130, -2.0**-126]
+    x[0, 1:1 + len(sub)] = torch.tensor(sub)
+    for r, big in ((1, 2.0**-100), (2, 2.0**-120), (3, 1e-39)):
+        x[r, 32] = big
+        x[r, 33:33 + len(sub)] = torch.tensor(sub)
+    for alg in (0, 1, 2):
+        a = ops.mx_quant(x.to(DEV), None, E2M1, rm, alg, 256)
+        b = twins.twin_mx_quant(x, None, E2M1, rm, alg, 256)
+        assert torch.equal(a[0].cpu(), b[0]) and torch.equal(a[1].cpu(), b[1]), (rm, alg)

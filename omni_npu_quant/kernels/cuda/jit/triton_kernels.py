@@ -120,8 +120,14 @@ def _mx_elements(x, e, nan_scale, EMIN: tl.constexpr, MBITS: tl.constexpr, MAXV:
     ec = tl.minimum(e, 126)  # scales above 2**126 never occur for finite blocks
     v_norm = x * _pow2(-ec)
     # fp32 subnormal x = m * 2**-149: scale the integer mantissa directly (no FTZ exposure)
+    mant = xb & 0x7FFFFF
     sub_mult = _pow2(tl.minimum(tl.maximum(-149 - ec, -126), 127))
-    v_sub = _with_sign((xb & 0x7FFFFF).to(tl.float32) * sub_mult, sign)
+    v_sub = _with_sign(mant.to(tl.float32) * sub_mult, sign)
+    # the clamp at 2**-126 keeps v_sub nonzero where fp32's x * 2**-ec underflows to a signed zero (ec >= 1 and
+    # mant * 2**-ec <= 1/2, round half to even); v's magnitude is far below every element grid here, so only that
+    # zero matters ("floor" of a negative tiny v is -1, of -0 it is -0: numerics.elements, the reference)
+    under = (ec >= 1) & (mant.to(tl.float32) <= _pow2(tl.minimum(tl.maximum(ec - 1, 0), 24)))
+    v_sub = tl.where(under, _with_sign(tl.zeros_like(v_sub), sign), v_sub)
     v = tl.where(xexp == 0, v_sub, v_norm)
     vb = v.to(tl.int32, bitcast=True)
     pe = ((vb >> 23) & 0xFF) - 127

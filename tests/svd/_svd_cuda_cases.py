@@ -115,21 +115,22 @@ def check_layer(cuda_be, ref_be, name, dtype, ms, *, n, k, rank, bias, zero_bran
     return fails, rk
 
 
-def check_lowrank_add(lowrank_add, device, dtype, m, k, r, n, seed):
-    """The Triton branch kernel vs its pure-torch twin (``res + lowrank_branch``); returns failures."""
+def check_lowrank_add(lowrank_add, device, dtype, m, k, r, n, seed, res_dtype=F32):
+    """The Triton branch kernel vs its pure-torch twin (``res + lowrank_branch``); returns failures.  ``res_dtype``:
+    the residual's dtype (the split form also reads a 16-bit residual; the twin adds it in fp32)."""
     from omni_npu_quant.schemes.svd_base import lowrank_branch
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g).to(dtype)
     l1 = (torch.randn(r, k, generator=g) * 0.1).to(dtype)
     l2 = (torch.randn(n, r, generator=g) * 0.1).to(dtype)
-    res = torch.randn(m, n, generator=g)
-    want = res + lowrank_branch(x, l1, l2, dtype)
+    res = torch.randn(m, n, generator=g).to(res_dtype)
+    want = res.float() + lowrank_branch(x, l1, l2, dtype)
     got = lowrank_add(x.to(device), l1.to(device), l2.to(device), res.to(device)).cpu()
     tol = branch_tol(x, l1, l2, dtype) + EPS24 * want.abs()
-    if got.dtype != F32 or not bool(((got - want).abs() <= tol).all()):
-        return [(str(dtype), m, k, r, n, float(((got - want).abs() / tol).max()))]
+    if got.dtype != F32 or got.shape != (m, n) or not bool(((got - want).abs() <= tol).all()):
+        return [(str(dtype), m, k, r, n, str(got.dtype), float(((got - want).abs() / tol).max()) if m else 0.0)]
     z = lowrank_add(x.to(device), torch.zeros_like(l1).to(device), torch.zeros_like(l2).to(device), res.to(device))
-    if not torch.equal(z.cpu(), res):
+    if not torch.equal(z.cpu(), res.float()):
         return [(str(dtype), m, k, r, n, "zero factors changed res")]
     return []

@@ -2,20 +2,47 @@
 on SM90/SM100, ``cuda.int8_dynamic`` / ``cuda.int8_static``, else the exact reference math on the GPU), then the
 16-bit low-rank branch.
 
-The branch is one Triton kernel (``jit/svd_lowrank.py``): per (M, N) tile it recomputes the rank-r hidden
-``x . L1^T`` with fp32 accumulation, rounds it to the activation dtype, and accumulates ``. L2^T`` in fp32 onto the
-fp32 residual tile it reads (the epilogue add), writing fp32.  The residual GEMM and the activation quantizer are
-not fused with it (two launches).  Interpreter-tested on CPU against ``lowrank_branch``; on an H200 (SM90) by
-tests/svd/test_svd_gpu.py (2026-12-02); other GPU families untested."""
+The branch (``jit/svd_lowrank.py``), by default one Triton kernel (``svd_branch="fused"``): per (M, N) tile it
+recomputes the rank-r hidden ``x . L1^T`` with fp32 accumulation, rounds it to the activation dtype, and accumulates
+``. L2^T`` in fp32 onto the fp32 residual tile it reads (the epilogue add), writing fp32.  The residual GEMM and the
+activation quantizer are not fused with it.  Interpreter-tested on CPU against ``lowrank_branch``; on an H200 (SM90)
+by tests/svd/test_svd_gpu.py (2026-12-02); other GPU families untested.
+
+Opt-in ``svd_branch="split"`` (backend option, else ``OMNI_NPU_QUANT_SVD_BRANCH``; read once, at prepare): the hidden
+is computed once per call (fp32 partial sums over K slices, one launch), then rounded once and multiplied by L2 onto
+the residual read in its own dtype (one launch): one launch more than the fused kernel, none of its per-N-tile
+recomputation (H200 2026-12-02: the fused branch costs ~50 us at M = 1 and ~1.6 ms at M = 4096 for 8192 x 8192, rank
+32).  Interpreter-tested on CPU only; not yet run on a GPU."""
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
 
 import torch
 
-from ..reference.svd import SVDKernel
+from ..reference.svd import SVDKernel, SVDPrepared
 from ..registry import register_kernel
 from .common import CUDA_DOC, CudaKernel, jit_module
 
 F32 = torch.float32
+BRANCH_ENV = "OMNI_NPU_QUANT_SVD_BRANCH"
+BRANCHES = ("fused", "split")
+
+
+def branch_choice(option=None) -> str:
+    """The branch form for a layer being prepared: backend option ``svd_branch`` over ``OMNI_NPU_QUANT_SVD_BRANCH``;
+    default ``fused``.  Anything else is an error naming both."""
+    v = option if option is not None else os.environ.get(BRANCH_ENV, "")
+    v = str(v).strip().lower() or "fused"
+    if v not in BRANCHES:
+        raise ValueError(f"backend option svd_branch / {BRANCH_ENV} must be one of {', '.join(BRANCHES)}, got {v!r}")
+    return v
+
+
+@dataclass
+class CudaSVDPrepared(SVDPrepared):
+    branch: str = "fused"  # "fused" (jit/svd_lowrank.lowrank_add) or "split" (lowrank_add_split with plan)
+    plan: object = None  # jit/svd_lowrank.SplitPlan of the split form (built at prepare)
 
 
 @register_kernel(50)
@@ -23,8 +50,6 @@ class CudaSVD(SVDKernel, CudaKernel):
     name = "cuda.svd"
     residual_kind = "cuda"
     summary = "residual on the GPU's kernel for the residual scheme + a Triton low-rank branch kernel (epilogue add)"
-    branch_how = ("low-rank branch: Triton kernel, x.L1^T fp32-accumulated and rounded to the activation dtype, .L2^T "
-                  "fp32-accumulated onto the fp32 residual tile")
 
     def verified_for(self, device) -> str:
         if device.interpreted:
@@ -34,6 +59,28 @@ class CudaSVD(SVDKernel, CudaKernel):
                     "branch kernel vs its twin, CUDA graphs, torch.compile) and parity side by side, 2026-12-02")
         return f"untested on {device.family}: " + CUDA_DOC
 
+    @property
+    def branch_how(self) -> str:  # type: ignore[override]
+        try:
+            branch = self._branch()
+        except ValueError as e:  # env / inspect say it; prepare raises it
+            return f"low-rank branch: {e}"
+        if branch == "split":
+            return ("low-rank branch (svd_branch=split): Triton kernels, x.L1^T once per call in fp32 partial sums "
+                    "over K slices, then rounded to the activation dtype and .L2^T fp32-accumulated onto the "
+                    "residual")
+        return ("low-rank branch: Triton kernel, x.L1^T fp32-accumulated and rounded to the activation dtype, .L2^T "
+                "fp32-accumulated onto the fp32 residual tile")
+
+    def _branch(self) -> str:
+        return branch_choice(self.target.options.get("svd_branch"))
+
+    def prepare(self, scheme, tensors, act_dtype, n, k, where):
+        branch = self._branch()  # the option / environment, read once per layer (bad values fail before any work)
+        p = SVDKernel.prepare(self, scheme, tensors, act_dtype, n, k, where)
+        plan = jit_module("svd_lowrank").SplitPlan(p.l1, p.l2, where=where) if branch == "split" else None
+        return CudaSVDPrepared(**{f.name: getattr(p, f.name) for f in fields(SVDPrepared)}, branch=branch, plan=plan)
+
     apply = CudaKernel.apply  # not SVDKernel's composed torch branch: the CUDA launches, eager or compiled
 
     def output_dtype(self, p):
@@ -42,5 +89,7 @@ class CudaSVD(SVDKernel, CudaKernel):
     def _apply(self, p, x2, add_bias=True):
         svd_lowrank = jit_module("svd_lowrank")  # imported once, not per call
         rp = p.residual
-        res = rp.kernel.apply(rp, x2, add_bias=add_bias).to(F32).contiguous()
-        return svd_lowrank.lowrank_add(x2, p.l1, p.l2, res)
+        res = rp.kernel.apply(rp, x2, add_bias=add_bias)
+        if p.branch == "split":  # the residual in its own dtype: the up-projection kernel reads it and adds in fp32
+            return svd_lowrank.lowrank_add_split(x2, res, p.plan)
+        return svd_lowrank.lowrank_add(x2, p.l1, p.l2, res.to(F32).contiguous())

@@ -190,9 +190,10 @@ COMPILE_SCRIPT = textwrap.dedent("""
     import _svd_cuda_cases as C
     from omni_npu_quant.backends import CudaBackend
     s, t = C.make_layer('w8a8_dynamic_svd', 160, 256, 7, bias=True, zero_branch=False, seed=6)
-    be = CudaBackend(device='cpu')
+    be = CudaBackend(device='cpu', **{opts!r})
     p = be.prepare(s, t, torch.float16)
     assert p.kernel_name == 'cuda.svd', p.kernel_name
+    assert p.branch == {opts!r}.get('svd_branch', 'fused'), p.branch
     f = lambda x: be.apply(p, x)
     cf = torch.compile(f, fullgraph=True)
     for m in (16, 19):
@@ -202,11 +203,14 @@ COMPILE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed in this environment")
-def test_cuda_svd_under_torch_compile_in_interpreter():
+@pytest.mark.parametrize("opts", [{}, {"svd_branch": "split"}], ids=["fused", "split"])
+def test_cuda_svd_under_torch_compile_in_interpreter(opts):
     """``cuda.svd`` through the custom op under ``torch.compile`` equals eager bit for bit: its fake must say fp32 (the
-    branch kernel's output), not the activation dtype (before: the compiled graph misread the fp32 output)."""
+    branch kernel's output), not the activation dtype (before: the compiled graph misread the fp32 output); both
+    branch forms (the split one writes fp32 too)."""
     env = dict(os.environ, PYTHONPATH=REPO, CUDA_VISIBLE_DEVICES="")
-    r = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT.format(here=HERE)], capture_output=True, text=True,
-                       env=env, timeout=600)
+    env.pop("OMNI_NPU_QUANT_SVD_BRANCH", None)
+    r = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT.format(here=HERE, opts=opts)], capture_output=True,
+                       text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("SAME") == 2 and "False" not in r.stdout, r.stdout[-2000:]

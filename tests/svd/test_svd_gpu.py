@@ -8,6 +8,10 @@ checks run on the CPU in Triton's interpreter for the residuals the interpreter 
 tests/svd/test_svd_cuda_cpu.py.  Small shapes on purpose (N 160, K 256 / 512): the file should take well under a
 minute on an H200.
 
+The opt-in split branch (``svd_branch="split"``: the hidden once per call, then the up-projection onto the residual;
+``test_split_*``, not run on a GPU yet) gets the same checks: every scheme vs the reference, its two kernels vs the
+twin (forced K splits, a 16-bit residual, M 0 and 4096), bit-identical repeats, CUDA graphs, torch.compile.
+
 Run: python -m pytest tests/svd/test_svd_gpu.py -m gpu -q
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _svd_cuda_cases as C  # noqa: E402
 
 from omni_npu_quant.backends import CudaBackend, ReferenceBackend  # noqa: E402
-from omni_npu_quant.kernels.cuda.jit.svd_lowrank import lowrank_add  # noqa: E402
+from omni_npu_quant.kernels.cuda.jit.svd_lowrank import lowrank_add, lowrank_add_split_from  # noqa: E402
 
 DEV = "cuda"
 MS = (1, 16, 300)
@@ -166,3 +170,91 @@ def test_nunchaku_format_checkpoint_on_cuda(tmp_path, precision, monkeypatch):
             assert bool(((y_c - y_r).abs() <= tol).all()), (m, float(((y_c - y_r).abs() / tol).max()))
         else:  # nunchaku's own kernels where installed: its rounding
             assert ((y_c - y_r).norm() / y_r.norm()).item() <= 2e-2, (m, rk)
+
+
+# ---- the opt-in split branch (svd_branch="split"): same checks as the default one, plus determinism -----------------
+SPLIT = {"svd_branch": "split"}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", C.SVD_NAMES)
+def test_split_cuda_svd_matches_reference(name, dtype, monkeypatch):
+    monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
+    ref, cuda = ReferenceBackend(), CudaBackend(**SPLIT)
+    for rank, bias, zero, seed in ((7, True, False, 1), (16, False, False, 2), (5, True, True, 3),
+                                   (40, True, False, 4)):
+        fails, _ = C.check_layer(cuda, ref, name, dtype, MS, n=N, k=_k(name), rank=rank, bias=bias,
+                                 zero_branch=zero, seed=seed, device=DEV)
+        assert not fails, fails
+    s, t = C.make_layer(name, N, _k(name), 7, bias=True, zero_branch=False, seed=1)
+    assert cuda.prepare(s, t, dtype).branch == "split"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_split_branch_kernels_vs_twin(dtype):
+    fails = []
+    shapes = ((1, 256, 7, 160), (16, 200, 16, 70), (300, 512, 33, 129), (300, 64, 1, 64), (0, 256, 7, 64),
+              (17, 1000, 100, 96), (4096, 2048, 32, 640), (1, 8192, 32, 1024))
+    for split in (None, 1, 4, 32):
+        f = lambda x, a, b, r, s=split: lowrank_add_split_from(x, a, b, r, split=s)  # noqa: E731
+        for i, (m, k, r, n) in enumerate(shapes):
+            fails += C.check_lowrank_add(f, DEV, dtype, m, k, r, n, seed=i)
+    if dtype != torch.float32:  # the residual in the activation dtype, read as it is
+        for i, (m, k, r, n) in enumerate(shapes[:4]):
+            fails += C.check_lowrank_add(lowrank_add_split_from, DEV, dtype, m, k, r, n, seed=20 + i, res_dtype=dtype)
+    assert not fails, fails
+
+
+def test_split_branch_is_deterministic():
+    """Fixed summation order, no atomics: repeated calls are bit-identical (M 1 with 32 K slices, M 4096)."""
+    from omni_npu_quant.kernels.cuda.jit.svd_lowrank import SplitPlan, lowrank_add_split
+
+    g = torch.Generator(device=DEV).manual_seed(0)
+    l1 = torch.randn(32, 8192, device=DEV, generator=g).bfloat16() * 0.05
+    l2 = torch.randn(1024, 32, device=DEV, generator=g).bfloat16() * 0.05
+    plan = SplitPlan(l1, l2)
+    for m in (1, 4096):
+        x = torch.randn(m, 8192, device=DEV, generator=g).bfloat16()
+        res = torch.randn(m, 1024, device=DEV, generator=g)
+        first = lowrank_add_split(x, res, plan)
+        for _ in range(3):
+            assert torch.equal(lowrank_add_split(x, res, plan), first), m
+
+
+@pytest.mark.parametrize("name,m", [("mxfp4_svd", 1), ("w8a8_dynamic_svd", 16), ("svdq_int4", 300),
+                                    ("mxfp4_dual_svd", 4)], ids=str)
+def test_split_cuda_graph_capture(name, m, monkeypatch):
+    monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
+    s, t = C.make_layer(name, N, _k(name), 7, bias=True, zero_branch=False, seed=5)
+    be = CudaBackend(**SPLIT)
+    p = be.prepare(s, t, torch.bfloat16)
+    assert p.kernel.name == "cuda.svd" and p.branch == "split"
+    x = torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16)
+    eager = be.apply(p, x)  # warm-up: compiles and picks configs outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = be.apply(p, x)
+    x.copy_(torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16))
+    graph.replay()
+    torch.cuda.synchronize()
+    again = be.apply(p, x)
+    assert torch.equal(out, again), name
+    assert not torch.equal(out, eager)
+
+
+def test_split_torch_compile_custom_op(monkeypatch):
+    monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
+    s, t = C.make_layer("w8a8_dynamic_svd", N, 256, 7, bias=True, zero_branch=False, seed=6)
+    be = CudaBackend(**SPLIT)
+    p = be.prepare(s, t, torch.bfloat16)
+    assert p.branch == "split"
+    torch._dynamo.reset()
+
+    def f(x):
+        return torch.relu(be.apply(p, x * 2.0))  # relu: see test_torch_compile_custom_op
+
+    cf = torch.compile(f, fullgraph=True)
+    for m in (16, 19):
+        x = torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16)
+        assert torch.equal(cf(x), f(x))

@@ -68,7 +68,10 @@ CASES = {
 }
 # SVD low-rank + residual (issue 16), opt-in (--cases ...,mxfp4_svd,w8a8_dynamic_svd): rank 32 on random weights, the
 # branch kernel of cuda.svd beside the residual's own kernel; the scheme options each case's scheme is built with
-OPT_IN = {"mxfp4_svd": ("mxfp4_svd", None, {}, None), "w8a8_dynamic_svd": ("w8a8_dynamic_svd", None, {}, None)}
+OPT_IN = {"mxfp4_svd": ("mxfp4_svd", None, {}, None), "w8a8_dynamic_svd": ("w8a8_dynamic_svd", None, {}, None),
+          # cuda.svd's opt-in split branch (the hidden once per call, then the up-projection; docs/svd.md section 3)
+          "mxfp4_svd[split]": ("mxfp4_svd", None, {"svd_branch": "split"}, None),
+          "w8a8_dynamic_svd[split]": ("w8a8_dynamic_svd", None, {"svd_branch": "split"}, None)}
 SCHEME_OPTS = {"mxfp4_svd": {"rank": 32}, "w8a8_dynamic_svd": {"rank": 32}}
 # w8a16 is left out by default: no CUDA kernel implements it, so it would time the exact reference fallback
 # (add it with --cases ...,w8a16 to see what that costs).

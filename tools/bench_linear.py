@@ -526,7 +526,9 @@ def run(units, case_names, out_path, rep_ms=20, gemlite_ok=True, budget_s=0.0, c
         "units": [u["unit"] for u in units], "budget_s": budget_s, "rep_ms": rep_ms, "check_rows": CHECK_ROWS,
         "check_tol": check_tol,
         "timer": "triton.testing.do_bench median, us per layer call over a stack of distinct layers",
-        "autotune": os.environ.get("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")})
+        "autotune": os.environ.get("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0"),
+        # cuda.mx_fp8tc's activation quantizer (read when each case's backend is made): "default" or the opt-in "v2"
+        "fp8tc_quant": os.environ.get("OMNI_NPU_QUANT_FP8TC_QUANT") or "default"})
     gl = _gemlite(R.meta) if gemlite_ok else None
     R.dump()
     if DEV == "cuda":

@@ -17,6 +17,12 @@ FP8 GEMM (fp16 / fp32 activations, any N, and M <= 16 for FP4 weights, measured 
 has passed only its interpreter twin test so far; "triton" uses it alone.  ``fp8tc_min_m`` overrides the
 M threshold.  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
 beside the stored MX weight.  Off: backend option ``mx_fp8tc="off"`` or ``OMNI_NPU_QUANT_CUDA_MX_FP8TC=0``.
+
+Activation quantizer (``fp8tc_quant`` / ``OMNI_NPU_QUANT_FP8TC_QUANT``, read when the kernel is made, fixed per
+layer at prepare): "default" is ``jit/fp8tc.py::mx_quant_rowwise`` (one program per row, GPU-verified); "v2" is
+the opt-in ``jit/fp8tc_quant2.py`` (plans per layer, several rows per program, FP8-convert roundings; on the H200
+bench of 2026-12-02 mxfp8 / mxfp4 / w4a8_mxfp at M=4096 ran 1.41-1.70x as fast as bf16 F.linear with it, 1.09-1.20x
+with the default).  It is not the default until its GPU byte tests pass (docs/cuda.md).
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ GEMM_ENV = "OMNI_NPU_QUANT_CUDA_FP8TC_GEMM"
 # measured faster); "triton": the Triton FP8 GEMM only.  The Triton GEMM passed its twin in Triton's
 # interpreter; its GPU tests (tests/backends/cuda/test_fp8tc_gpu.py) have not run to completion yet.
 GEMMS = ("scaled_mm", "auto", "triton")
+QUANT_ENV = "OMNI_NPU_QUANT_FP8TC_QUANT"
+QUANTS = ("default", "v2")  # the activation quantizer: jit/fp8tc.py (GPU-verified) or the opt-in jit/fp8tc_quant2.py
 F32 = torch.float32
 
 
@@ -50,6 +58,7 @@ class CudaMXFp8Prepared(CudaMXPrepared):
     scaled_mm: bool = False  # M > DECODE_M: torch._scaled_mm (cuBLAS / CUTLASS rowwise) instead of the Triton GEMM
     sw_row: torch.Tensor | None = None  # sw as (1, N) for torch._scaled_mm
     bias_bf16: torch.Tensor | None = None  # torch._scaled_mm takes a bf16 bias
+    q_plan: tuple | None = None  # the opt-in "v2" quantizer's plan (fp8tc_quant2.rowwise_plan); None: the default
 
 
 DECODE_M = 16  # at M <= 16 the Triton FP8 GEMM beat torch._scaled_mm on the H200 (2026-12-01 bench)
@@ -78,6 +87,9 @@ class CudaMXFp8TC(CudaMX):
         self.gemm = str(target.options.get("fp8tc_gemm") or os.environ.get(GEMM_ENV, "scaled_mm")).lower()
         if self.gemm not in GEMMS:
             raise ValueError(f"fp8tc_gemm ({GEMM_ENV}) must be one of {GEMMS}, got {self.gemm!r}")
+        self.quant = str(target.options.get("fp8tc_quant") or os.environ.get(QUANT_ENV) or "default").lower()
+        if self.quant not in QUANTS:
+            raise ValueError(f"fp8tc_quant ({QUANT_ENV}) must be one of {QUANTS}, got {self.quant!r}")
 
     def mode(self, scheme):
         return NATIVE, self.summary
@@ -118,6 +130,10 @@ class CudaMXFp8TC(CudaMX):
         p.kernel = self
         p.wr, p.sw = wr.contiguous(), sw.contiguous()
         p.exact_rows = int(exact.sum())
+        if self.quant == "v2":  # the opt-in quantizer's plan, once per layer (chunk width, passes, rows per program)
+            q2 = jit_module("fp8tc_quant2")
+            p.q_plan = q2.rowwise_plan(p.kp, self._sm_count() or q2.DEFAULT_SMS)
+            p.notes.append(f"{self.name}: activation quantizer v2 (opt-in, {QUANT_ENV}); plan {p.q_plan.levels}")
         # M <= 16 goes to cuda.mx (for E4M3 weights its decode kernel was also faster, 2026-12-01 bench), except
         # FP4 weights with the Triton GEMM opted in ("auto" / "triton"), measured faster there
         fp4_decode = self.gemm != "scaled_mm" and scheme.weight_fmt.bits == 4
@@ -135,6 +151,22 @@ class CudaMXFp8TC(CudaMX):
             p.notes.append(f"{self.name}: {n - p.exact_rows} of {n} weight rows are not exact on the rowwise E4M3 "
                            f"grid (error below 2**-9 of the row's largest block scale; E2 contract)")
         return p
+
+    def _sm_count(self) -> int | None:
+        """SMs of the layer's device (the v2 quantizer's rows-per-program rule); None off CUDA."""
+        if self.torch_device.type != "cuda":
+            return None
+        return int(torch.cuda.get_device_properties(self.torch_device).multi_processor_count)
+
+    def _quant_rowwise(self, p, x2, write_mx: bool):
+        """The layer's activation quantizer: (MX q bytes, codes, E4M3 bytes, row scales); fixed at prepare."""
+        s = p.scheme
+        if p.q_plan is not None:
+            return jit_module("fp8tc_quant2").mx_quant_rowwise(
+                x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp, write_mx=write_mx,
+                launch_opts=jit_module("ops")._launch_opts(), plan=p.q_plan)
+        return jit_module("fp8tc").mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
+                                                    write_mx=write_mx, launch_opts=jit_module("ops")._launch_opts())
 
     def _scaled_mm_ok(self, p) -> bool:
         """torch._scaled_mm rowwise on this (N, Kp)?  Probed once per shape at prepare time."""
@@ -154,11 +186,7 @@ class CudaMXFp8TC(CudaMX):
     def quantize_activation(self, p, x2):
         if x2.shape[0] < p.min_m:
             return super().quantize_activation(p, x2)
-        fp8tc, ops = jit_module("fp8tc"), jit_module("ops")
-
-        s = p.scheme
-        q, codes, _, _ = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
-                                                write_mx=True, launch_opts=ops._launch_opts())
+        q, codes, _, _ = self._quant_rowwise(p, x2, True)
         return self._storage(p, (q, codes, None))
 
     def _apply(self, p, x2, add_bias=True):
@@ -166,9 +194,7 @@ class CudaMXFp8TC(CudaMX):
             return super()._apply(p, x2, add_bias)
         fp8tc, ops = jit_module("fp8tc"), jit_module("ops")  # imported once, not per call
 
-        s = p.scheme
-        _, _, xr, sx = fp8tc.mx_quant_rowwise(x2, p.smooth, s.act_fmt, s.act_round_mode, s.act_scale_alg, p.kp,
-                                              write_mx=False, launch_opts=ops._launch_opts())
+        _, _, xr, sx = self._quant_rowwise(p, x2, False)
         if p.scaled_mm and x2.shape[0] > DECODE_M:
             return torch._scaled_mm(xr.view(torch.float8_e4m3fn), p.wr.view(torch.float8_e4m3fn).t(),
                                     scale_a=sx.view(-1, 1), scale_b=p.sw_row,

@@ -119,7 +119,7 @@ def rowwise_rescale(values: torch.Tensor, exponents: torch.Tensor, fmt: ElemForm
     ``nonzero`` (R, Kp/32): which blocks set the row exponent (default: blocks with a non-zero value;
     activations pass "blocks whose input |max| is not 0", what the kernel's first pass sees)."""
     r, kp = values.shape
-    vb = values.reshape(r, -1, 32)
+    vb = values.reshape(r, kp // 32, 32)  # explicit: R may be 0
     if nonzero is None:
         nonzero = (vb != 0).any(-1)
     nan_row = (exponents >= 128).any(-1)

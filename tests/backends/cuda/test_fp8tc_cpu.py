@@ -408,7 +408,7 @@ KERNEL = """
             seen.clear()
             d = kern.quantize_activation(p, x)
             y = kern.apply(p, x)
-            calls = [(c[0], c[1][:3], c[1][3], c[2] is plan, c[3]) for c in seen]
+            calls = [(c[0], c[1][:3], c[1][3], c[2] is p.q_plan, c[3]) for c in seen]  # the prepared plan itself
             if calls != [(tag, want, p.kp, True, True), (tag, want, p.kp, True, False)]:
                 fails.append(('calls', tag, name, calls))
             if set(qa) != set(d) or not all(same_bits(d[key], qa[key]) for key in qa):

@@ -157,7 +157,8 @@ def sass_hazards(sass: str) -> list:
     """Instructions of the ptxas miscompile seen on the H200 (2026-12-02), as (address, instruction, why):
 
     * a general register R1 read as data (R1 holds the stack pointer, loaded by the kernel's first instruction;
-      these kernels use no local memory), e.g. ``F2FP.F16.E4M3.UNPACK_B R13, R1`` in a one-pass plan;
+      only stack-frame arithmetic ``VIADD R1, R1, ..`` and ``[R1]`` addresses of spills use it), e.g.
+      ``F2FP.F16.E4M3.UNPACK_B R13, R1`` in a one-pass plan;
     * in a loop body (a backward branch and its target), a register read before any write in the body whose last
       write in the body copies another register (``PRMT`` / ``MOV`` / ``LOP3``), e.g. ``PRMT R18, R4, 0x7610, R18``
       at the end of pass 2 feeding ``F2FP.F16.E4M3.UNPACK_B R18, R18`` at its top: a value of chunk i used by
@@ -168,8 +169,8 @@ def sass_hazards(sass: str) -> list:
     bad = []
     for a, t in ins[1:]:
         op, ops = _split(t)
-        _, srcs = _dst_srcs(op, ops)
-        if any(re.fullmatch(r"-?\|?R1(\.(?!64)\w+)*\|?", s) for s, _ in srcs):
+        dst, srcs = _dst_srcs(op, ops)
+        if "1" not in dst and any(re.fullmatch(r"-?\|?R1(\.(?!64)\w+)*\|?", s) for s, _ in srcs):
             bad.append((a, t, "reads R1 (the stack pointer) as data"))
     for a, t in ins:
         m = re.search(r"BRA\s+(?:`\()?0x([0-9a-f]+)", t)

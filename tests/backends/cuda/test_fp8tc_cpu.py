@@ -480,7 +480,11 @@ H200_ONE_PASS = """
         /*0a50*/                   F2FP.F16.E4M3.UNPACK_B R6, R13 ;
 """
 CLEAN_LOOP = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0060*/                   VIADD R1, R1, 0xfffffff8 ;
+        /*0080*/                   STL [R1], R4 ;
         /*0100*/                   PRMT R21, RZ, 0x7610, R21 ;
+        /*0108*/                   LDL R29, [R1] ;
         /*0110*/               @P6 LDG.E.U16 R21, desc[UR18][R4.64+0x4] ;
         /*0120*/               @P4 LDG.E.128 R8, desc[UR18][R22.64+0x10] ;
         /*0130*/                   LOP3.LUT R24, R9, 0x7fffffff, RZ, 0xc0, !PT ;
@@ -494,7 +498,7 @@ CLEAN_LOOP = """
 
 def test_sass_hazard_check_flags_the_h200_miscompile():
     """The check itself: it flags the two patterns of the reverted build and not the idioms of a clean loop
-    (zero-extension PRMT, 128-bit loads, SHFL's predicate result, loop counters)."""
+    (zero-extension PRMT, 128-bit loads, SHFL's predicate result, loop counters, a spill's stack frame)."""
     P = _probe()
     loop = P.sass_hazards(H200_LOOP)
     assert [t for _, t, _ in loop] == ["PRMT R18, R4, 0x7610, R18"], loop

@@ -127,7 +127,10 @@ def check_lowrank_add(lowrank_add, device, dtype, m, k, r, n, seed, res_dtype=F3
     res = torch.randn(m, n, generator=g).to(res_dtype)
     want = res.float() + lowrank_branch(x, l1, l2, dtype)
     got = lowrank_add(x.to(device), l1.to(device), l2.to(device), res.to(device)).cpu()
-    tol = branch_tol(x, l1, l2, dtype) + EPS24 * want.abs()
+    # one fp32 ulp of the output, not half: both kernels accumulate the branch onto the residual inside the tensor
+    # core's dot, whose adder does not round to nearest (H200, 2026-12-02: rank 1, M 300, outputs one fp32 ulp off
+    # the twin's single rounding, 1.14x and 1.74x the half-ulp bound; Triton folds a separate add into the dot)
+    tol = branch_tol(x, l1, l2, dtype) + 2 * EPS24 * want.abs()
     if got.dtype != F32 or got.shape != (m, n) or not bool(((got - want).abs() <= tol).all()):
         return [(str(dtype), m, k, r, n, str(got.dtype), float(((got - want).abs() / tol).max()) if m else 0.0)]
     z = lowrank_add(x.to(device), torch.zeros_like(l1).to(device), torch.zeros_like(l2).to(device), res.to(device))

@@ -214,7 +214,9 @@ class SplitPlan:
         g1 = (m_tiles1, self.r_tiles, split)
         g2 = (triton.cdiv(m, bm2), triton.cdiv(self.n, bn))
         o1 = () if _INTERP else (("num_warps", 4),)
-        o2 = () if _INTERP else (("num_warps", 4 if small else 8),)
+        # one stage: the rank loop is one or two iterations, and the default pipelining of its SPLIT unrolled
+        # partial loads asked for more than the SM's 227 KiB of shared memory (H200, 2026-12-02: 272-336 KiB)
+        o2 = () if _INTERP else (("num_warps", 4 if small else 8), ("num_stages", 1))
         c = self._by_m[key] = (g1, k_per, bm1, split, g2, bm2, bn, o1, o2)
         return c
 

@@ -6,23 +6,24 @@ Exactness: E2, within rtol 1e-3 of the reference (as op-plugin's MX matmul tests
 rows whose blocks span more than the E4M3 window lose bits below 2**-9 of the row's largest block
 scale, and the FP8 tensor cores accumulate in reduced precision inside each 128-K chunk.  Which
 weight rows are exact is counted at prepare (a note names the count).  The activation quantizer is
-one fused kernel (``jit/fp8tc.py``) that writes the MX bytes and codes ``quantize_activation``
+one fused kernel (``jit/fp8tc_quant2.py`` by default, below) that writes the MX bytes and codes ``quantize_activation``
 reports (identical to the reference) and the row-rescaled E4M3 bytes the GEMM reads.
 
 Prepare-time choices (``fp8tc_gemm`` / ``OMNI_NPU_QUANT_CUDA_FP8TC_GEMM``): by default ("scaled_mm") the
 kernel takes bf16 layers with N % 16 == 0 and runs M > 16 through ``torch._scaled_mm`` (rowwise scales,
 cuBLAS / CUTLASS, bias rounded to bf16 in its epilogue); M <= 16 calls go to the exact ``cuda.mx`` path
 (decode kernel / ``tl.dot_scaled``); other layers are refused (cuda.mx runs them).  "auto" adds the Triton
-FP8 GEMM (fp16 / fp32 activations, any N, and M <= 16 for FP4 weights, measured faster there) but that GEMM
-has passed only its interpreter twin test so far; "triton" uses it alone.  ``fp8tc_min_m`` overrides the
+FP8 GEMM (fp16 / fp32 activations, any N, and M <= 16 for FP4 weights, measured faster there; it passed its
+interpreter twin and the H200 tests of 2026-12-02); "triton" uses it alone.  ``fp8tc_min_m`` overrides the
 M threshold.  Memory: the row-rescaled E4M3 weight (N x Kp bytes) is kept
 beside the stored MX weight.  Off: backend option ``mx_fp8tc="off"`` or ``OMNI_NPU_QUANT_CUDA_MX_FP8TC=0``.
 
 Activation quantizer (``fp8tc_quant`` / ``OMNI_NPU_QUANT_FP8TC_QUANT``, read when the kernel is made, fixed per
-layer at prepare): "default" is ``jit/fp8tc.py::mx_quant_rowwise`` (one program per row, GPU-verified); "v2" is
-the opt-in ``jit/fp8tc_quant2.py`` (plans per layer, several rows per program, FP8-convert roundings; on the H200
-bench of 2026-12-02 mxfp8 / mxfp4 / w4a8_mxfp at M=4096 ran 1.41-1.70x as fast as bf16 F.linear with it, 1.09-1.20x
-with the default).  It is not the default until its GPU byte tests pass (docs/cuda.md).
+layer at prepare): "v2", the default since 2026-12-02, is ``jit/fp8tc_quant2.py`` (a plan per layer, several rows
+per program, FP8-convert roundings); "v1" is the earlier ``jit/fp8tc.py::mx_quant_rowwise`` (one program per row).
+Both passed tests/backends/cuda/test_fp8tc_gpu.py on the H200 (2026-12-02: bytes bit-identical to the reference,
+v2's every-fp32 rounding sweep, v2 apply bit-identical to v1).  In one H200 run of that day at M=4096 (eager,
+x bf16 F.linear), mxfp8 / mxfp4 / w4a8_mxfp ran 1.41-1.77x with v2 and 1.02-1.61x with v1.
 """
 from __future__ import annotations
 
@@ -42,10 +43,11 @@ GEMM_ENV = "OMNI_NPU_QUANT_CUDA_FP8TC_GEMM"
 # path checked against the reference on the H200 (2026-12-01); everything else goes to cuda.mx.
 # "auto": also the Triton FP8 GEMM (fp16 / fp32 activations, N % 16 != 0, and M <= 16 for FP4 weights, where it
 # measured faster); "triton": the Triton FP8 GEMM only.  The Triton GEMM passed its twin in Triton's
-# interpreter; its GPU tests (tests/backends/cuda/test_fp8tc_gpu.py) have not run to completion yet.
+# interpreter and tests/backends/cuda/test_fp8tc_gpu.py on the H200 (2026-12-02); not the default (it was not faster
+# than torch._scaled_mm at M > 16 for bf16).
 GEMMS = ("scaled_mm", "auto", "triton")
 QUANT_ENV = "OMNI_NPU_QUANT_FP8TC_QUANT"
-QUANTS = ("default", "v2")  # the activation quantizer: jit/fp8tc.py (GPU-verified) or the opt-in jit/fp8tc_quant2.py
+QUANTS = ("v2", "v1")  # the activation quantizer: jit/fp8tc_quant2.py (default) or jit/fp8tc.py (opt-in)
 F32 = torch.float32
 
 
@@ -87,7 +89,7 @@ class CudaMXFp8TC(CudaMX):
         self.gemm = str(target.options.get("fp8tc_gemm") or os.environ.get(GEMM_ENV, "scaled_mm")).lower()
         if self.gemm not in GEMMS:
             raise ValueError(f"fp8tc_gemm ({GEMM_ENV}) must be one of {GEMMS}, got {self.gemm!r}")
-        self.quant = str(target.options.get("fp8tc_quant") or os.environ.get(QUANT_ENV) or "default").lower()
+        self.quant = str(target.options.get("fp8tc_quant") or os.environ.get(QUANT_ENV) or QUANTS[0]).lower()
         if self.quant not in QUANTS:
             raise ValueError(f"fp8tc_quant ({QUANT_ENV}) must be one of {QUANTS}, got {self.quant!r}")
 
@@ -96,9 +98,9 @@ class CudaMXFp8TC(CudaMX):
 
     def verified_for(self, device):
         if device.family == "sm90":
-            return ("on an H200 (SM90), 2026-12-01: bf16 torch._scaled_mm path vs the reference (tools/fp8tc_smoke.py: "
-                    "activation bytes, NaN rows, E2 tolerance, CUDA-graph replay) and benchmarked; "
-                    "tests/backends/cuda/test_fp8tc_gpu.py not yet run to completion")
+            return ("tested on an H200 (SM90), 2026-12-02: tests/backends/cuda/test_fp8tc_gpu.py -m gpu (both "
+                    "activation quantizers' bytes vs the reference, both GEMMs vs their twins and the reference, NaN "
+                    "blocks, CUDA graphs, torch.compile) and benchmarked")
         return CUDA_DOC
 
     def can_implement(self, scheme, n=None, k=None, act_dtype=None):
@@ -130,10 +132,12 @@ class CudaMXFp8TC(CudaMX):
         p.kernel = self
         p.wr, p.sw = wr.contiguous(), sw.contiguous()
         p.exact_rows = int(exact.sum())
-        if self.quant == "v2":  # the opt-in quantizer's plan, once per layer (chunk width, passes, rows per program)
+        if self.quant == "v2":  # the default quantizer's plan, once per layer (chunk width, passes, rows per program)
             q2 = jit_module("fp8tc_quant2")
             p.q_plan = q2.rowwise_plan(p.kp, self._sm_count() or q2.DEFAULT_SMS)
-            p.notes.append(f"{self.name}: activation quantizer v2 (opt-in, {QUANT_ENV}); plan {p.q_plan.levels}")
+            p.notes.append(f"{self.name}: activation quantizer v2; plan {p.q_plan.levels}")
+        else:
+            p.notes.append(f"{self.name}: activation quantizer v1 ({QUANT_ENV} / fp8tc_quant)")
         # M <= 16 goes to cuda.mx (for E4M3 weights its decode kernel was also faster, 2026-12-01 bench), except
         # FP4 weights with the Triton GEMM opted in ("auto" / "triton"), measured faster there
         fp4_decode = self.gemm != "scaled_mm" and scheme.weight_fmt.bits == 4

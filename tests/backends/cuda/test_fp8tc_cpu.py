@@ -1,6 +1,6 @@
 """cuda.mx_fp8tc on a CPU machine: the rowwise E4M3 rescale twin (exactness window, scales, NaN/zero
 rows), the kernel's refusals, and its Triton quantizer / FP8 GEMM in Triton's interpreter against the
-pure-torch twins (subprocess, TRITON_INTERPRET=1).  The opt-in quantizer "v2" (jit/fp8tc_quant2.py): its plan
+pure-torch twins (subprocess, TRITON_INTERPRET=1).  The default quantizer "v2" (jit/fp8tc_quant2.py): its plan
 rule, bytes identical to the twin in the interpreter (ties, saturation, subnormals, zeros, NaN / Inf rows, odd K,
 Kp 3328 / 12288 / 13824, M 0 / 1 / 3, row tails, bf16 / fp16 / fp32, every round mode and scale rule), the
 kernel's choice between the two, and its sm_90a SASS checked for the ptxas miscompile that the interpreter cannot
@@ -152,7 +152,7 @@ def test_fp8tc_kernels_in_triton_interpreter():
 
 
 # ---------------------------------------------------------------------------------------------
-# the opt-in activation quantizer "v2" (jit/fp8tc_quant2.py; fp8tc_quant="v2" / OMNI_NPU_QUANT_FP8TC_QUANT=v2)
+# activation quantizer "v2" (jit/fp8tc_quant2.py), the default since 2026-12-02 (v1: fp8tc_quant="v1")
 # ---------------------------------------------------------------------------------------------
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed in this environment")
@@ -381,14 +381,14 @@ KERNEL = """
     from omni_npu_quant.schemes.registry import get_scheme
 
     seen = []
-    for mod, tag in ((q2, 'v2'), (fp8tc, 'default')):
+    for mod, tag in ((q2, 'v2'), (fp8tc, 'v1')):
         real = mod.mx_quant_rowwise
         mod.mx_quant_rowwise = (lambda real, tag: lambda *a, **kw: (seen.append((tag, a[2:], kw.get('plan'),
                                 kw.get('write_mx'))), real(*a, **kw))[1])(real, tag)
     dev = P.DeviceInfo('cuda', 'sm90', 'sm90')
     opts = {'fp8tc_gemm': 'triton', 'fp8tc_min_m': 1}
-    v2 = CudaMXFp8TC(Target(dev, 'cpu', dict(opts, fp8tc_quant='v2')))
-    dflt = CudaMXFp8TC(Target(dev, 'cpu', opts))
+    v2 = CudaMXFp8TC(Target(dev, 'cpu', opts))  # the default
+    v1 = CudaMXFp8TC(Target(dev, 'cpu', dict(opts, fp8tc_quant='v1')))
     ref = ReferenceBackend()
     g = torch.Generator().manual_seed(0)
     for name, k in (('mxfp8', 3104), ('mxfp4', 13824), ('w4a8_mxfp', 1056)):
@@ -400,7 +400,7 @@ KERNEL = """
         qa = ref.quantize_activation(pr, x)
         yr = ref.apply(pr, x).float()
         want = (s.act_fmt, s.act_round_mode, s.act_scale_alg)
-        for kern, tag in ((v2, 'v2'), (dflt, 'default')):
+        for kern, tag in ((v2, 'v2'), (v1, 'v1')):
             p = kern.prepare(s, t, torch.bfloat16, 32, k, name)
             plan = q2.rowwise_plan(p.kp, q2.DEFAULT_SMS) if tag == 'v2' else None
             if p.q_plan != plan:
@@ -421,8 +421,8 @@ KERNEL = """
 
 @needs_triton
 def test_kernel_runs_the_chosen_quantizer_in_triton_interpreter(tmp_path):
-    """quantize_activation and apply of cuda.mx_fp8tc call the quantizer chosen at prepare (the default one, or v2
-    with the plan made at prepare), and the bytes quantize_activation reports are the reference backend's."""
+    """quantize_activation and apply of cuda.mx_fp8tc call the quantizer chosen at prepare (the default v2 with the
+    plan made at prepare, or v1), and the bytes quantize_activation reports are the reference backend's."""
     _interp(tmp_path, KERNEL, "kernel")
 
 
@@ -433,10 +433,10 @@ def test_quantizer_option_read_when_the_kernel_is_made(monkeypatch):
 
     dev = P.DeviceInfo("cuda", "sm90", "sm90")
     monkeypatch.delenv(M.QUANT_ENV, raising=False)
-    assert M.CudaMXFp8TC(Target(dev, "cpu")).quant == "default"
-    monkeypatch.setenv(M.QUANT_ENV, "V2")
-    assert M.CudaMXFp8TC(Target(dev, "cpu")).quant == "v2"
-    assert M.CudaMXFp8TC(Target(dev, "cpu", {"fp8tc_quant": "default"})).quant == "default"  # the option wins
+    assert M.CudaMXFp8TC(Target(dev, "cpu")).quant == "v2"  # the default
+    monkeypatch.setenv(M.QUANT_ENV, "V1")
+    assert M.CudaMXFp8TC(Target(dev, "cpu")).quant == "v1"
+    assert M.CudaMXFp8TC(Target(dev, "cpu", {"fp8tc_quant": "v2"})).quant == "v2"  # the option wins
     monkeypatch.setenv(M.QUANT_ENV, "v3")
     with pytest.raises(ValueError, match="fp8tc_quant.*OMNI_NPU_QUANT_FP8TC_QUANT.*'v3'"):
         M.CudaMXFp8TC(Target(dev, "cpu"))

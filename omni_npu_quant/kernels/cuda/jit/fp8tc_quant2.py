@@ -1,9 +1,10 @@
-"""Opt-in activation quantizer "v2" of ``cuda.mx_fp8tc`` (issue 14; imported lazily; needs ``triton``).
+"""Activation quantizer "v2" of ``cuda.mx_fp8tc``, its default since 2026-12-02 (issue 14; imported lazily; needs
+``triton``).
 
-Same outputs as ``fp8tc.mx_quant_rowwise`` (the default, GPU-verified quantizer): MX bytes + E8M0 codes
-(``WRITE_MX``), the row-rescaled E4M3 bytes the FP8 GEMM reads and the fp32 row scale, byte for byte as
-``twins.twin_mx_quant_rowwise``.  It is chosen per layer at prepare (backend option ``fp8tc_quant="v2"`` or
-``OMNI_NPU_QUANT_FP8TC_QUANT=v2``) and is not the default until its GPU tests pass (docs/cuda.md).
+Same outputs as ``fp8tc.mx_quant_rowwise`` (quantizer "v1", opt-in: ``fp8tc_quant="v1"`` or
+``OMNI_NPU_QUANT_FP8TC_QUANT=v1``): MX bytes + E8M0 codes (``WRITE_MX``), the row-rescaled E4M3 bytes the FP8 GEMM
+reads and the fp32 row scale, byte for byte as ``twins.twin_mx_quant_rowwise``.  Chosen per layer at prepare; its
+GPU tests (``test_fp8tc_gpu.py::test_v2_*``) passed on the H200 on 2026-12-02 (docs/cuda.md).
 
 ``mx_quant_rowwise_kernel`` quantizes ROWS rows per program over chunks of NB 32-element blocks (the
 plan, ``rowwise_plan``, is chosen per layer at prepare from Kp and the SM count; per call only the rows per
@@ -109,7 +110,7 @@ def _rows_emit(x, e, nan_scale, code, s_row, k0, cols, rmask, q_ptr, sc_ptr, xr_
     if IS_FP8:
         if WRITE_MX:
             # MX bytes wanted too: the element values by the integer helper of triton_kernels (GPU-verified in
-            # the default quantizer), NOT by the FP8 round trip below.  ptxas (CUDA 12.8 and 12.9, sm_90a) miscompiles
+            # quantizer v1), NOT by the FP8 round trip below.  ptxas (CUDA 12.8 and 12.9, sm_90a) miscompiles
             # an E4M3 pair (cvt.rn.satfinite.e4m3x2.f32) that is both merged into the byte store's register
             # (F2FP.SATFINITE.E4M3.F32.PACK_AB_MERGE_C) and converted back (cvt.rn.f16x2.e4m3x2): the unpack of some
             # pairs reads the previous chunk's pair (a copy carried around the pass-2 loop) or R1 (the stack pointer)

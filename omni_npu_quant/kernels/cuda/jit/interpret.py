@@ -5,7 +5,7 @@ works around Triton 3.6's interpreter converting 1-element arrays with ``int()``
 refuses (runtime loop bounds fail otherwise), and its float8e4nv conversions, which mis-round E4M3 subnormals:
 they are modelled as the GPU's ``cvt.rn.satfinite.e4m3x2`` (RNE, saturating at +-448) and ``cvt.rn.f16x2.e4m3x2``
 (exact) instructions, through torch's ``float8_e4m3fn`` (the GPU tests check the hardware against the same bytes).
-What no interpreter shows is how ptxas compiles a kernel: the H200 byte mismatch of the opt-in fp8tc quantizer
+What no interpreter shows is how ptxas compiles a kernel: the H200 byte mismatch of the fp8tc quantizer v2
 (2026-12-02) was a ptxas miscompile, found in the sm_90a SASS (``tools/fp8tc_quant_probe.py --check-sass``).
 """
 from __future__ import annotations

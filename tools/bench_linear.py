@@ -69,9 +69,9 @@ CASES = {
 # SVD low-rank + residual (issue 16), opt-in (--cases ...,mxfp4_svd,w8a8_dynamic_svd): rank 32 on random weights, the
 # branch kernel of cuda.svd beside the residual's own kernel; the scheme options each case's scheme is built with
 OPT_IN = {"mxfp4_svd": ("mxfp4_svd", None, {}, None), "w8a8_dynamic_svd": ("w8a8_dynamic_svd", None, {}, None),
-          # cuda.svd's opt-in split branch (the hidden once per call, then the up-projection; docs/svd.md section 3)
-          "mxfp4_svd[split]": ("mxfp4_svd", None, {"svd_branch": "split"}, None),
-          "w8a8_dynamic_svd[split]": ("w8a8_dynamic_svd", None, {"svd_branch": "split"}, None)}
+          # cuda.svd's opt-in fused branch (the hidden recomputed per output tile; docs/svd.md section 3)
+          "mxfp4_svd[fused]": ("mxfp4_svd", None, {"svd_branch": "fused"}, None),
+          "w8a8_dynamic_svd[fused]": ("w8a8_dynamic_svd", None, {"svd_branch": "fused"}, None)}
 SCHEME_OPTS = {"mxfp4_svd": {"rank": 32}, "w8a8_dynamic_svd": {"rank": 32}}
 # w8a16 is left out by default: no CUDA kernel implements it, so it would time the exact reference fallback
 # (add it with --cases ...,w8a16 to see what that costs).
@@ -527,8 +527,8 @@ def run(units, case_names, out_path, rep_ms=20, gemlite_ok=True, budget_s=0.0, c
         "check_tol": check_tol,
         "timer": "triton.testing.do_bench median, us per layer call over a stack of distinct layers",
         "autotune": os.environ.get("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0"),
-        # cuda.mx_fp8tc's activation quantizer (read when each case's backend is made): "default" or the opt-in "v2"
-        "fp8tc_quant": os.environ.get("OMNI_NPU_QUANT_FP8TC_QUANT") or "default"})
+        # cuda.mx_fp8tc's activation quantizer (read when each case's backend is made): "v2" (default) or "v1"
+        "fp8tc_quant": os.environ.get("OMNI_NPU_QUANT_FP8TC_QUANT") or "v2"})
     gl = _gemlite(R.meta) if gemlite_ok else None
     R.dump()
     if DEV == "cuda":

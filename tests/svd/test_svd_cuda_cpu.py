@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent("""
     for dt in (torch.float16, torch.float32):
         for i, (m, k, r, n) in enumerate(((1, 256, 7, 160), (16, 200, 16, 70), (300, 128, 33, 129), (5, 64, 1, 64))):
             fails += C.check_lowrank_add(lowrank_add, 'cpu', dt, m, k, r, n, seed=i)
-    cuda, ref = CudaBackend(device='cpu'), ReferenceBackend()
+    cuda, ref = CudaBackend(device='cpu', svd_branch='fused'), ReferenceBackend()
     for name in ('w8a8_dynamic_svd', 'w8a8_static_svd', 'svdq_int4', 'svdq_nvfp4'):
         for rank, bias, zero, seed in ((7, True, False, 1), (5, False, True, 3)):
             f, rk = C.check_layer(cuda, ref, name, torch.float16, (1, 16, 300), n=160, k=256, rank=rank, bias=bias,
@@ -86,9 +86,10 @@ SPLIT_SCRIPT = textwrap.dedent("""
     s, t = C.make_layer('w8a8_dynamic_svd', 160, 256, 7, bias=True, zero_branch=False, seed=4)
     p = cuda.prepare(s, t, torch.float16)
     print('BRANCH', p.kernel_name, p.branch, type(p.plan).__name__, p.kernel.mode(s)[1])
-    os.environ['OMNI_NPU_QUANT_SVD_BRANCH'] = 'split'
+    print('DEFAULT', CudaBackend(device='cpu').prepare(s, t, torch.float16).branch)
+    os.environ['OMNI_NPU_QUANT_SVD_BRANCH'] = 'fused'
     print('ENV', CudaBackend(device='cpu').prepare(s, t, torch.float16).branch,
-          CudaBackend(device='cpu', svd_branch='fused').prepare(s, t, torch.float16).branch)
+          CudaBackend(device='cpu', svd_branch='split').prepare(s, t, torch.float16).branch)
     os.environ['OMNI_NPU_QUANT_SVD_BRANCH'] = 'splt'
     try:
         CudaBackend(device='cpu').prepare(s, t, torch.float16)
@@ -101,7 +102,7 @@ SPLIT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed in this environment")
 def test_split_branch_in_triton_interpreter():
-    """The opt-in split branch (``svd_branch="split"``: hidden once per call, then up-projection onto the residual)
+    """The default split branch (``svd_branch="split"``: hidden once per call, then up-projection onto the residual)
     against the twin: fp16 / fp32, ranks 1, 7, 16, 33, 100, M 0 / 1 / 5 / 16 / 17 / 300, the plan's split and forced
     splits 1 / 4 / 32, zero factors, a 16-bit residual; ``cuda.svd`` with it vs the reference backend (int8 and
     svdq residuals); the option, the environment variable and a bad value."""
@@ -113,7 +114,7 @@ def test_split_branch_in_triton_interpreter():
     out = r.stdout
     assert "FAILS []" in out, out[-3000:]
     assert "BRANCH cuda.svd split SplitPlan" in out and "svd_branch=split" in out, out[-3000:]
-    assert "ENV split fused" in out, out[-3000:]
+    assert "DEFAULT split" in out and "ENV fused split" in out, out[-3000:]
     assert "BAD backend option svd_branch / OMNI_NPU_QUANT_SVD_BRANCH must be one of fused, split, got 'splt'" in out, \
         out[-3000:]
 
@@ -193,7 +194,7 @@ COMPILE_SCRIPT = textwrap.dedent("""
     be = CudaBackend(device='cpu', **{opts!r})
     p = be.prepare(s, t, torch.float16)
     assert p.kernel_name == 'cuda.svd', p.kernel_name
-    assert p.branch == {opts!r}.get('svd_branch', 'fused'), p.branch
+    assert p.branch == {opts!r}.get('svd_branch', 'split'), p.branch
     f = lambda x: be.apply(p, x)
     cf = torch.compile(f, fullgraph=True)
     for m in (16, 19):
@@ -203,7 +204,7 @@ COMPILE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed in this environment")
-@pytest.mark.parametrize("opts", [{}, {"svd_branch": "split"}], ids=["fused", "split"])
+@pytest.mark.parametrize("opts", [{}, {"svd_branch": "fused"}], ids=["split", "fused"])
 def test_cuda_svd_under_torch_compile_in_interpreter(opts):
     """``cuda.svd`` through the custom op under ``torch.compile`` equals eager bit for bit: its fake must say fp32 (the
     branch kernel's output), not the activation dtype (before: the compiled graph misread the fp32 output); both

@@ -8,9 +8,9 @@ checks run on the CPU in Triton's interpreter for the residuals the interpreter 
 tests/svd/test_svd_cuda_cpu.py.  Small shapes on purpose (N 160, K 256 / 512): the file should take well under a
 minute on an H200.
 
-The opt-in split branch (``svd_branch="split"``: the hidden once per call, then the up-projection onto the residual;
-``test_split_*``, not run on a GPU yet) gets the same checks: every scheme vs the reference, its two kernels vs the
-twin (forced K splits, a 16-bit residual, M 0 and 4096), bit-identical repeats, CUDA graphs, torch.compile.
+Both branch forms get the same checks: the default split branch (``svd_branch="split"``: the hidden once per call,
+then the up-projection onto the residual; ``test_split_*``, which also force K splits, a 16-bit residual, M 0 and
+4096, and bit-identical repeats) and the opt-in fused one (``svd_branch="fused"``, the other tests).
 
 Run: python -m pytest tests/svd/test_svd_gpu.py -m gpu -q
 """
@@ -35,6 +35,7 @@ from omni_npu_quant.kernels.cuda.jit.svd_lowrank import lowrank_add, lowrank_add
 DEV = "cuda"
 MS = (1, 16, 300)
 N = 160  # not a multiple of the branch kernel's 64-wide N tile
+FUSED = {"svd_branch": "fused"}  # the opt-in one-kernel branch (the default is split: tests below)
 
 
 def _k(name):
@@ -45,7 +46,7 @@ def _k(name):
 @pytest.mark.parametrize("name", C.SVD_NAMES)
 def test_cuda_svd_matches_reference(name, dtype, monkeypatch):
     monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
-    ref, cuda = ReferenceBackend(), CudaBackend()
+    ref, cuda = ReferenceBackend(), CudaBackend(**FUSED)
     kinds = set()
     for rank, bias, zero, seed in ((7, True, False, 1), (16, False, False, 2), (5, True, True, 3)):
         fails, rk = C.check_layer(cuda, ref, name, dtype, MS, n=N, k=_k(name), rank=rank, bias=bias,
@@ -76,9 +77,9 @@ def test_branch_kernel_vs_twin(dtype):
 def test_cuda_graph_capture(name, m, monkeypatch):
     monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
     s, t = C.make_layer(name, N, _k(name), 7, bias=True, zero_branch=False, seed=5)
-    be = CudaBackend()
+    be = CudaBackend(**FUSED)
     p = be.prepare(s, t, torch.bfloat16)
-    assert p.kernel.name == "cuda.svd"
+    assert p.kernel.name == "cuda.svd" and p.branch == "fused"
     x = torch.randn(m, p.k, device=DEV, dtype=torch.bfloat16)
     eager = be.apply(p, x)  # warm-up: compiles and picks configs outside the capture
     torch.cuda.synchronize()
@@ -96,7 +97,7 @@ def test_cuda_graph_capture(name, m, monkeypatch):
 def test_torch_compile_custom_op(monkeypatch):
     monkeypatch.setenv("OMNI_NPU_QUANT_CUDA_AUTOTUNE", "0")
     s, t = C.make_layer("w8a8_dynamic_svd", N, 256, 7, bias=True, zero_branch=False, seed=6)
-    be = CudaBackend()
+    be = CudaBackend(**FUSED)
     p = be.prepare(s, t, torch.bfloat16)
     torch._dynamo.reset()
 
@@ -172,7 +173,7 @@ def test_nunchaku_format_checkpoint_on_cuda(tmp_path, precision, monkeypatch):
             assert ((y_c - y_r).norm() / y_r.norm()).item() <= 2e-2, (m, rk)
 
 
-# ---- the opt-in split branch (svd_branch="split"): same checks as the default one, plus determinism -----------------
+# ---- the default split branch (svd_branch="split"): same checks as the fused one, plus determinism ------------------
 SPLIT = {"svd_branch": "split"}
 
 
@@ -188,6 +189,7 @@ def test_split_cuda_svd_matches_reference(name, dtype, monkeypatch):
         assert not fails, fails
     s, t = C.make_layer(name, N, _k(name), 7, bias=True, zero_branch=False, seed=1)
     assert cuda.prepare(s, t, dtype).branch == "split"
+    assert CudaBackend().prepare(s, t, dtype).branch == "split"  # the default
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])

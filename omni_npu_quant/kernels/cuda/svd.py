@@ -2,17 +2,17 @@
 on SM90/SM100, ``cuda.int8_dynamic`` / ``cuda.int8_static``, else the exact reference math on the GPU), then the
 16-bit low-rank branch.
 
-The branch (``jit/svd_lowrank.py``), by default one Triton kernel (``svd_branch="fused"``): per (M, N) tile it
-recomputes the rank-r hidden ``x . L1^T`` with fp32 accumulation, rounds it to the activation dtype, and accumulates
-``. L2^T`` in fp32 onto the fp32 residual tile it reads (the epilogue add), writing fp32.  The residual GEMM and the
-activation quantizer are not fused with it.  Interpreter-tested on CPU against ``lowrank_branch``; on an H200 (SM90)
-by tests/svd/test_svd_gpu.py (2026-12-02); other GPU families untested.
+The branch (``jit/svd_lowrank.py``), by default two Triton kernels (``svd_branch="split"``): the hidden ``x . L1^T``
+once per call (fp32 partial sums over K slices, one launch), then rounded once to the activation dtype and multiplied
+by L2 with fp32 accumulation onto the residual, read in its own dtype (one launch), writing fp32.  Opt-in
+``svd_branch="fused"`` (backend option, else ``OMNI_NPU_QUANT_SVD_BRANCH``; read once, at prepare): one kernel that
+recomputes the hidden per (M, N) output tile and accumulates onto the fp32 residual tile.  The residual GEMM and the
+activation quantizer are fused with neither.
 
-Opt-in ``svd_branch="split"`` (backend option, else ``OMNI_NPU_QUANT_SVD_BRANCH``; read once, at prepare): the hidden
-is computed once per call (fp32 partial sums over K slices, one launch), then rounded once and multiplied by L2 onto
-the residual read in its own dtype (one launch): one launch more than the fused kernel, none of its per-N-tile
-recomputation (H200 2026-12-02: the fused branch costs ~50 us at M = 1 and ~1.6 ms at M = 4096 for 8192 x 8192, rank
-32).  Interpreter-tested on CPU only; not yet run on a GPU."""
+Split is the default because it measured faster at every point (H200, 2026-12-02, rank 32, vs fused, bf16 F.linear
+= 1): 8192 x 8192 graph replay M = 1 mxfp4_svd 0.51 vs 0.34, w8a8_dynamic_svd 0.96 vs 0.49; eager M = 4096 0.99 vs
+0.33 (docs/performance.md, "Issue 14 run 4").  Both forms: interpreter-tested on CPU against ``lowrank_branch``;
+on an H200 (SM90) by tests/svd/test_svd_gpu.py (2026-12-02); other GPU families untested."""
 from __future__ import annotations
 
 import os
@@ -27,13 +27,14 @@ from .common import CUDA_DOC, CudaKernel, jit_module
 F32 = torch.float32
 BRANCH_ENV = "OMNI_NPU_QUANT_SVD_BRANCH"
 BRANCHES = ("fused", "split")
+DEFAULT_BRANCH = "split"
 
 
 def branch_choice(option=None) -> str:
     """The branch form for a layer being prepared: backend option ``svd_branch`` over ``OMNI_NPU_QUANT_SVD_BRANCH``;
-    default ``fused``.  Anything else is an error naming both."""
+    default ``split``.  Anything else is an error naming both."""
     v = option if option is not None else os.environ.get(BRANCH_ENV, "")
-    v = str(v).strip().lower() or "fused"
+    v = str(v).strip().lower() or DEFAULT_BRANCH
     if v not in BRANCHES:
         raise ValueError(f"backend option svd_branch / {BRANCH_ENV} must be one of {', '.join(BRANCHES)}, got {v!r}")
     return v
@@ -41,7 +42,7 @@ def branch_choice(option=None) -> str:
 
 @dataclass
 class CudaSVDPrepared(SVDPrepared):
-    branch: str = "fused"  # "fused" (jit/svd_lowrank.lowrank_add) or "split" (lowrank_add_split with plan)
+    branch: str = DEFAULT_BRANCH  # "split" (jit/svd_lowrank.lowrank_add_split with plan) or "fused" (lowrank_add)
     plan: object = None  # jit/svd_lowrank.SplitPlan of the split form (built at prepare)
 
 
@@ -56,7 +57,8 @@ class CudaSVD(SVDKernel, CudaKernel):
             return "Triton branch kernel interpreter-tested on CPU (tests/svd); " + CUDA_DOC
         if device.family == "sm90":
             return ("tested on an H200 (SM90): tests/svd/test_svd_gpu.py -m gpu (every SVD scheme vs the reference, the "
-                    "branch kernel vs its twin, CUDA graphs, torch.compile) and parity side by side, 2026-12-02")
+                    "branch kernels vs their twin, CUDA graphs, torch.compile; both branch forms) and parity side by "
+                    "side (fused branch), 2026-12-02")
         return f"untested on {device.family}: " + CUDA_DOC
 
     @property
@@ -66,10 +68,10 @@ class CudaSVD(SVDKernel, CudaKernel):
         except ValueError as e:  # env / inspect say it; prepare raises it
             return f"low-rank branch: {e}"
         if branch == "split":
-            return ("low-rank branch (svd_branch=split): Triton kernels, x.L1^T once per call in fp32 partial sums "
+            return ("low-rank branch (svd_branch=split, the default): Triton kernels, x.L1^T once per call in fp32 partial sums "
                     "over K slices, then rounded to the activation dtype and .L2^T fp32-accumulated onto the "
                     "residual")
-        return ("low-rank branch: Triton kernel, x.L1^T fp32-accumulated and rounded to the activation dtype, .L2^T "
+        return ("low-rank branch (svd_branch=fused): one Triton kernel, x.L1^T fp32-accumulated and rounded to the activation dtype, .L2^T "
                 "fp32-accumulated onto the fp32 residual tile")
 
     def _branch(self) -> str:

@@ -71,7 +71,9 @@ CASES = {
 OPT_IN = {"mxfp4_svd": ("mxfp4_svd", None, {}, None), "w8a8_dynamic_svd": ("w8a8_dynamic_svd", None, {}, None),
           # cuda.svd's opt-in fused branch (the hidden recomputed per output tile; docs/svd.md section 3)
           "mxfp4_svd[fused]": ("mxfp4_svd", None, {"svd_branch": "fused"}, None),
-          "w8a8_dynamic_svd[fused]": ("w8a8_dynamic_svd", None, {"svd_branch": "fused"}, None)}
+          "w8a8_dynamic_svd[fused]": ("w8a8_dynamic_svd", None, {"svd_branch": "fused"}, None),
+          # cuda.mx_fp8tc_dual: dual-scale MXFP4 on FP8 tensor cores (opt-in, interpreter-tested only)
+          "mxfp4_dual[fp8tc]": ("mxfp4_dual", None, {"mx_fp8tc_dual": "on"}, None)}
 SCHEME_OPTS = {"mxfp4_svd": {"rank": 32}, "w8a8_dynamic_svd": {"rank": 32}}
 # w8a16 is left out by default: no CUDA kernel implements it, so it would time the exact reference fallback
 # (add it with --cases ...,w8a16 to see what that costs).

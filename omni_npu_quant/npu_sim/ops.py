@@ -512,7 +512,10 @@ class NpuSimOps:
                 return t.repeat_interleave(gs, dim=0)[:k]
             return t.reshape(1, -1).expand(k, n)
 
-        w = weight.to(F32)
+        # one (k, n) layout whatever view the caller passed (a transpose view or a contiguous (k, n) weight): the CPU
+        # fp32 GEMM's summation order follows the layout, and the emulated op must give the same result for the
+        # same values (2026-12-02, an AMD EPYC CI machine: vllm-ascend's W8A16 weight and ours differed in 1 element)
+        w = weight.to(F32).contiguous()
         if antiquant_offset is not None:
             w = w + rows(antiquant_offset)
         w = w * rows(antiquant_scale)  # high-precision path (inner_precise=0): fp32 dequant, fp32 accumulation

@@ -29,13 +29,15 @@ import triton
 import triton.language as tl
 
 from ....numerics.constants import DUAL_L0_BLOCK, E2M1
+from .fp8tc import _opt_tuple
 from .launch import fast as _fast
 from .mx_codec import e2m1_value
 from .triton_kernels import P2M64, _e4m3_code, _grouped_tile, _mx_elements, _pow2
+from .twins import rowwise_headroom
 
 F32 = torch.float32
 CHUNK = DUAL_L0_BLOCK  # 512: level-0 block = the GEMM's scale chunk
-HEADROOM = 6  # E2M1 max 6 * 2**6 = 384 <= 448 (twins.rowwise_headroom(E2M1))
+HEADROOM = rowwise_headroom(E2M1)  # 6: E2M1 max 6 * 2**6 = 384 <= 448 (the rule lives in twins)
 
 
 @triton.jit
@@ -99,11 +101,6 @@ def fp8_chunk_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, out_ptr, M, N,
 
 _RESCALE = _fast(chunk_rescale_kernel)
 _GEMM = _fast(fp8_chunk_gemm_kernel)
-
-
-def _opt_tuple(num_warps, num_stages, launch_opts) -> tuple:
-    return (("num_warps", num_warps),) + ((("num_stages", num_stages),) if num_stages is not None else ()) + \
-        tuple((launch_opts or {}).items())
 
 
 def chunk_rescale(q, codes, l0, *, launch_opts=None):

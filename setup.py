@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm"],
     extras_require={
-        "test": ["pytest", "hypothesis", "ml_dtypes", "matplotlib", "transformers==5.20.2", "tokenizers", "diffusers", "torchao==0.18.0"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "ml_dtypes", "matplotlib", "transformers==5.20.2", "tokenizers", "diffusers", "torchao==0.18.0"],
         "vllm": ["vllm==0.33.0"],
         "msmodelslim": ["msmodelslim==26.1.0", "transformers"],
         "gpu": ["triton>=3.6"],

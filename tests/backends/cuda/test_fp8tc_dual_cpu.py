@@ -97,7 +97,8 @@ def test_refusals_and_opt_in(monkeypatch):
     from omni_npu_quant import platform as P
     from omni_npu_quant.kernels import registry
     from omni_npu_quant.kernels.base import NATIVE
-    from omni_npu_quant.kernels.cuda.mx_fp8tc_dual import VERIFIED, CudaMXFp8TCDual
+    from omni_npu_quant.kernels.cuda.common import CUDA_DOC
+    from omni_npu_quant.kernels.cuda.mx_fp8tc_dual import VERIFIED_SM90, CudaMXFp8TCDual
 
     dual, single = get_scheme("mxfp4_dual"), get_scheme("mxfp4")
     monkeypatch.delenv(ENV, raising=False)
@@ -125,8 +126,9 @@ def test_refusals_and_opt_in(monkeypatch):
         assert not ok and word in why, (fam, why)
     names = [c.name for c in registry.candidate_classes("cuda")]
     assert names.index("cuda.mx_fp8tc") < names.index("cuda.mx_fp8tc_dual") < names.index("cuda.mx")
-    assert on.verified_for(_sm90()) == VERIFIED == "interpreter-tested on CPU only; not yet run on a GPU"
-    assert on.mode(dual) == (NATIVE, on.summary) and "interpreter-tested only" in on.summary
+    assert on.verified_for(_sm90()) == VERIFIED_SM90 and "H200" in VERIFIED_SM90 and "2026-12-02" in VERIFIED_SM90
+    assert on.verified_for(P.DeviceInfo("cuda", "sm100", "sm100")) == CUDA_DOC  # nothing claimed off SM90
+    assert on.mode(dual) == (NATIVE, on.summary) and "slower than bf16" in on.summary
     assert on.output_dtype(type("P", (), {"act_dtype": torch.float16})()) == torch.float16  # the torch.compile fake
 
 
